@@ -1,0 +1,3 @@
+"""cprec: an experiment runner for dynamic-precision (cyclic precision) training research."""
+
+__version__ = "0.1.0"

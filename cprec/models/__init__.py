@@ -1,0 +1,28 @@
+"""Model registry: names map to builders taking the model config and the dataset's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from cprec.config import ModelConfig
+from cprec.data import DatasetInfo
+from cprec.errors import ConfigError
+from cprec.models.mobilenetv2 import mobilenetv2
+from cprec.models.resnet import cifar_resnet
+from cprec.models.small import lenet, mlp
+
+MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {
+    "mlp": mlp,
+    "lenet": lenet,
+    "mobilenetv2": mobilenetv2,
+    **{f"resnet{d}": (lambda c, i, d=d: cifar_resnet(d, c, i)) for d in (20, 38, 56, 74, 110)},
+}
+
+
+def build_model(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
+    """Build a registered model for a dataset's channels, image size and classes."""
+    if cfg.name not in MODELS:
+        raise ConfigError("model.name", cfg.name, f"choose one of {sorted(MODELS)}")
+    return MODELS[cfg.name](cfg, info)

@@ -1,0 +1,35 @@
+"""Fake quantization for low-precision training: fixed point, float formats, Q layers."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from cprec.config import QuantConfig
+from cprec.quant.floatfmt import FORMATS, FloatFormat
+from cprec.quant.modules import (
+    FULL,
+    QuantRNG,
+    QuantSpec,
+    compute_layers,
+    layer_bits,
+    quant_layers,
+    quantize_model,
+    set_precision,
+)
+
+__all__ = ["FULL", "FORMATS", "FloatFormat", "QuantRNG", "QuantSpec", "build_quantized",
+           "compute_layers", "layer_bits", "quant_layers", "quantize_model", "set_precision",
+           "spec_from_config"]
+
+
+def spec_from_config(cfg: QuantConfig) -> QuantSpec:
+    fmt = FloatFormat(cfg.exp_bits, cfg.man_bits, cfg.has_inf) if cfg.format == "float" else None
+    return QuantSpec(fmt, cfg.rounding, cfg.overflow, cfg.quantize_errors, cfg.act_momentum)
+
+
+def build_quantized(model: nn.Module, cfg: QuantConfig, seed: int) -> tuple[nn.Module, QuantRNG]:
+    """Convert a model per the ``quant`` config; return it with its stochastic-rounding RNG."""
+    rng = QuantRNG(seed + 7919)
+    model = quantize_model(model, spec_from_config(cfg), rng, cfg.quantize_first,
+                           cfg.quantize_last)
+    return model, rng

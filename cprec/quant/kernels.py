@@ -1,0 +1,108 @@
+"""The elementwise quantization kernels, fused by ``torch.compile`` when it is available.
+
+Each kernel is one pass over the tensor. Compiled, inductor turns each into a single
+vectorized loop: on this project's 2-core CPU that is ~10x faster than the same math in
+eager mode (and than torch's built-in fake-quant ops). Where compilation is unavailable
+(no C++ compiler) or disabled, the same functions run eagerly with identical semantics.
+
+Stochastic rounding draws its noise from a counter-based hash of (key, element index)
+computed inside the kernel: no random tensor is materialized, the stream is reproducible
+from an integer key, and it is the same on every device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-12
+_COMPILE = os.environ.get("CPREC_COMPILE", "1") != "0"
+_compiled: dict[str, Callable] = {}
+_failed = False
+
+
+def set_compile(enabled: bool) -> None:
+    """Turn kernel compilation on or off for this process (the ``quant.compile`` key)."""
+    global _COMPILE
+    _COMPILE = enabled
+
+
+def _uniform_from_hash(index: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) with 24 random bits from a murmur-style 32-bit mix of (index + key)."""
+    h = (index + key) * 0x2C9277B5
+    h = h ^ ((h >> 15) & 0x1FFFF)  # logical shift on int32
+    h = h * 0x5BD1E995
+    return ((h >> 8) & 0xFFFFFF).to(torch.float32) * (1.0 / 16777216)
+
+
+def _grid(lo: torch.Tensor, hi: torch.Tensor, levels: torch.Tensor):
+    """Scale and integer zero point of a grid spanning [min(lo, 0), max(hi, 0)]."""
+    lo, hi = torch.clamp_max(lo, 0.0), torch.clamp_min(hi, 0.0)
+    scale = torch.clamp_min((hi - lo) / levels, EPS)
+    return scale, torch.round(-lo / scale)
+
+
+def _round_nearest(x, scale, zero_point, levels):
+    q = torch.minimum(torch.clamp_min(torch.round(x / scale) + zero_point, 0.0), levels)
+    return (q - zero_point) * scale
+
+
+def quant_tensor_batch_range(x: torch.Tensor, levels: torch.Tensor):
+    """Round x to nearest on the grid of its own min..max; also return (min, max)."""
+    lo, hi = torch.aminmax(x)
+    scale, zp = _grid(lo, hi, levels)
+    return _round_nearest(x, scale, zp, levels), lo, hi
+
+
+def quant_tensor_given_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                             levels: torch.Tensor) -> torch.Tensor:
+    """Round x to nearest on the grid of the range [lo, hi] (e.g. an EMA at eval)."""
+    scale, zp = _grid(lo, hi, levels)
+    return _round_nearest(x, scale, zp, levels)
+
+
+def quant_per_channel(w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Round each output channel (dim 0) to nearest on the grid of its own min..max."""
+    lo, hi = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
+    shape = [-1] + [1] * (w.dim() - 1)
+    scale, zp = _grid(lo.view(shape), hi.view(shape), levels)
+    return _round_nearest(w, scale, zp, levels)
+
+
+def quant_stochastic(g: torch.Tensor, key: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Stochastically round g onto min + k * step, k in 0..levels: E[result] = g exactly."""
+    lo, hi = torch.aminmax(g)
+    scale = torch.clamp_min((hi - lo) / levels, EPS)
+    index = torch.arange(g.numel(), device=g.device, dtype=torch.int32).view(g.shape)
+    noise = _uniform_from_hash(index, key)
+    q = torch.minimum(torch.clamp_min(torch.floor((g - lo) / scale + noise), 0.0), levels)
+    return q * scale + lo
+
+
+def kernel(fn: Callable) -> Callable:
+    """``fn`` compiled (dynamic shapes) when compilation is on and works, else ``fn``."""
+    global _failed
+    if not _COMPILE or _failed:
+        return fn
+    if fn.__name__ not in _compiled:
+        _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
+    compiled = _compiled[fn.__name__]
+
+    def run(*args: torch.Tensor):
+        global _failed
+        if _failed:
+            return fn(*args)
+        try:
+            return compiled(*args)
+        except Exception as e:  # no compiler, unsupported backend: stay correct, just slower
+            _failed = True
+            log.warning("torch.compile unavailable for quantization kernels (%s: %s); "
+                        "running them eagerly", type(e).__name__, str(e).splitlines()[0][:200])
+            return fn(*args)
+
+    return run

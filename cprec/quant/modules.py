@@ -1,0 +1,185 @@
+"""Quantized Conv2d/Linear layers and the one setter that gives them their precision.
+
+The layers are plain subclasses of ``nn.Conv2d`` / ``nn.Linear`` sharing the original
+parameters, so optimizers, state dicts and torchvision models keep working. Precision is
+set from outside (``set_precision``), never passed through ``forward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cprec.quant.fixed import (
+    quantize_activation,
+    quantize_error,
+    quantize_weight,
+    stochastic_round_tensor,
+)
+from cprec.quant.floatfmt import FloatFormat, quantize_float
+
+FULL = 32
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How a layer quantizes, whatever its bits are (from the ``quant`` config group)."""
+
+    float_format: FloatFormat | None = None  # None = fixed point
+    rounding: str = "nearest"  # float formats: weights and activations
+    overflow: str = "saturate"
+    quantize_errors: bool = True
+    act_momentum: float = 0.9
+
+
+class QuantRNG:
+    """Keys for stochastic rounding: a seeded counter, so the noise stream is reproducible,
+    resumable (two integers of state) and generated on the tensor's own device."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.counter = seed, 0
+
+    def next_key(self, device: torch.device) -> torch.Tensor:
+        self.counter += 1
+        h = (self.seed * 0x9E3779B97F4A7C15 + self.counter * 0xBF58476D1CE4E5B9) % (1 << 64)
+        h = ((h ^ (h >> 31)) * 0x94D049BB133111EB) % (1 << 64)
+        k = (h >> 32) - (1 << 32) * ((h >> 63) & 1)  # top 32 bits as a signed int32
+        return torch.tensor(k, dtype=torch.int32, device=device)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "counter": self.counter}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.counter = state["seed"], state["counter"]
+
+
+class QuantMixin:
+    """Shared state and forward logic of the quantized layers."""
+
+    fw_bits: int
+    bw_bits: int
+
+    def _init_quant(self, spec: QuantSpec, rng: QuantRNG) -> None:
+        self.spec, self.rng = spec, rng
+        self.fw_bits, self.bw_bits = FULL, FULL
+        self.register_buffer("act_lo", torch.zeros(()))
+        self.register_buffer("act_hi", torch.zeros(()))
+        self.act_seen = False  # python flag: no device sync in forward
+
+    def _fixed_activation(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            q, lo, hi = quantize_activation(x, self.fw_bits)
+            with torch.no_grad():  # EMA of the range, used at eval; the first batch initializes
+                weight = 1.0 - self.spec.act_momentum if self.act_seen else 1.0
+                self.act_lo.lerp_(lo, weight)
+                self.act_hi.lerp_(hi, weight)
+                self.act_seen = True
+            return q
+        if self.act_seen:
+            return quantize_activation(x, self.fw_bits, self.act_lo, self.act_hi)
+        return quantize_activation(x, self.fw_bits)[0]
+
+    def get_extra_state(self) -> dict:
+        return {"act_seen": self.act_seen}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.act_seen = bool(state["act_seen"])
+
+    def _float_quantizer(self, rounding: str):
+        fmt, overflow = self.spec.float_format, self.spec.overflow
+
+        def quantize(t: torch.Tensor, bits: int, key: torch.Tensor | None) -> torch.Tensor:
+            return quantize_float(t, fmt, rounding, overflow, key)
+
+        return quantize
+
+    def _quantized_inputs(self, x: torch.Tensor, weight: torch.Tensor):
+        if self.fw_bits >= FULL:
+            return x, weight
+        if self.spec.float_format is None:
+            return self._fixed_activation(x), quantize_weight(weight, self.fw_bits)
+        q = self._float_quantizer(self.spec.rounding)
+        key = self.rng.next_key(x.device) if self.spec.rounding == "stochastic" else None
+        return _ste(x, q(x.detach(), self.fw_bits, key)), _ste(weight, q(weight.detach(), 0, key))
+
+    def _quantized_output(self, out: torch.Tensor) -> torch.Tensor:
+        if self.bw_bits >= FULL or not self.spec.quantize_errors:
+            return out
+        keys = self.rng.next_key
+        if self.spec.float_format is None:
+            return quantize_error(out, self.bw_bits, keys, stochastic_round_tensor)
+        return quantize_error(out, self.bw_bits, keys, self._float_quantizer("stochastic"))
+
+
+def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Forward ``q``, backward identity into ``x``."""
+    return x + (q - x).detach()
+
+
+class QConv2d(QuantMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, w = self._quantized_inputs(x, self.weight)
+        return self._quantized_output(self._conv_forward(x, w, self.bias))
+
+
+class QLinear(QuantMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, w = self._quantized_inputs(x, self.weight)
+        return self._quantized_output(F.linear(x, w, self.bias))
+
+
+QUANTIZED = {nn.Conv2d: QConv2d, nn.Linear: QLinear}
+
+
+def _swap(module: nn.Module, spec: QuantSpec, rng: QuantRNG) -> nn.Module:
+    """Turn a Conv2d/Linear into its quantized class in place, sharing its parameters."""
+    module.__class__ = QUANTIZED[type(module)]
+    module._init_quant(spec, rng)
+    return module
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantMixin]:
+    """The quantized layers of a model, by qualified name, in registration order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantMixin)}
+
+
+def compute_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d/Linear (quantized or not): the layers that cost MACs."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec, rng: QuantRNG, quantize_first: bool = True,
+                   quantize_last: bool = False) -> nn.Module:
+    """Swap the model's Conv2d/Linear layers for quantized ones (BatchNorm stays as it is).
+
+    The first and last compute layers (in registration order) are kept in full precision
+    unless ``quantize_first`` / ``quantize_last`` say otherwise. Works on any nn.Module,
+    torchvision models included; the model is changed in place and returned.
+    """
+    names = [n for n, m in compute_layers(model).items() if type(m) in QUANTIZED]
+    keep = set()
+    if names and not quantize_first:
+        keep.add(names[0])
+    if names and not quantize_last:
+        keep.add(names[-1])
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in keep:
+            _swap(modules[name], spec, rng)
+    return model
+
+
+def set_precision(model: nn.Module, fw_bits: int, bw_bits: int,
+                  per_layer: dict[str, tuple[int, int]] | None = None) -> None:
+    """Give every quantized layer its forward and backward bits for the coming step(s)."""
+    for name, layer in quant_layers(model).items():
+        layer.fw_bits, layer.bw_bits = (per_layer or {}).get(name, (fw_bits, bw_bits))
+
+
+def layer_bits(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Current (forward, backward) bits of every compute layer; full-precision ones are 32/32."""
+    return {n: ((m.fw_bits, m.bw_bits) if isinstance(m, QuantMixin) else (FULL, FULL))
+            for n, m in compute_layers(model).items()}

@@ -26,6 +26,17 @@ def is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def parallel_threads() -> int | None:
+    """Torch threads per job when a launcher runs ``n_jobs`` jobs side by side (joblib),
+    so parallel jobs share the cores instead of oversubscribing them; None otherwise."""
+    import os
+
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not is_multirun() or not isinstance(n_jobs, int) or n_jobs <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // n_jobs)
+
+
 def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 

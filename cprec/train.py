@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cprec.config import register_schemas, to_train_config
 from cprec.paths import config_dir
-from cprec.shell import finish_sweep, pin_sweep_dir, run_task
+from cprec.shell import finish_sweep, parallel_threads, pin_sweep_dir, run_task
 
 register_schemas()
 
@@ -19,6 +19,8 @@ register_schemas()
 def hydra_main(cfg: DictConfig) -> None:
     def task(out_dir: Path) -> dict:
         typed = to_train_config(cfg)  # validates before any work
+        if typed.trainer.threads is None:
+            typed.trainer.threads = parallel_threads()
         from cprec.engine import run_train  # torch is imported only when training
 
         return run_train(typed, out_dir)

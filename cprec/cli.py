@@ -11,7 +11,8 @@ import sys
 COMMANDS = {
     "train": ("cprec.train", "train a model under a precision schedule (Hydra overrides; -m sweeps)"),
     "prt": ("cprec.prt", "precision range test: find the bounds CPT runs use"),
-    "schedule": ("cprec.schedule_plot", "plot a schedule's bits over a run and its cost, no training"),
+    "schedule": ("cprec.schedule_plot",
+                 "plot a schedule's bits over a run and its cost, no training"),
     "report": ("cprec.report", "tables and plots from run and sweep directories"),
 }
 

@@ -105,6 +105,7 @@ class PrtConfig:
     threshold: float = 0.05  # accuracy gain over the level below that marks convergence
     upper_bits: Any = 8  # an int, or "auto": where the gain drops below threshold again
     smoothing: int = 5  # training accuracy averaged over this many last steps of a level
+    batch_size: int = 32  # small batches: many noisy steps cost little next to the run
 
 
 @dataclass
@@ -195,6 +196,8 @@ def validate(cfg: TrainConfig) -> None:
              f"must be below prt.max_bits={p.max_bits}")
     _require(p.steps_per_bits > 0, "prt.steps_per_bits", p.steps_per_bits, "must be positive")
     _require(p.threshold > 0, "prt.threshold", p.threshold, "must be a positive accuracy gain")
-    _require(p.smoothing > 0, "prt.smoothing", p.smoothing, "must be positive")
+    _require(0 < p.smoothing <= p.steps_per_bits, "prt.smoothing", p.smoothing,
+             f"must be in 1..prt.steps_per_bits={p.steps_per_bits}")
+    _require(p.batch_size > 0, "prt.batch_size", p.batch_size, "must be positive")
     _require(p.upper_bits == "auto" or (isinstance(p.upper_bits, int) and 1 <= p.upper_bits <= 32),
              "prt.upper_bits", p.upper_bits, "an integer in 1..32 or 'auto'")

@@ -157,6 +157,27 @@ DATASETS: dict[str, Callable[[DatasetConfig], tuple]] = {
 }
 
 
+# (channels, size, classes, training samples) of each dataset, known without loading it
+SHAPES = {"digits": (1, 8, 10, 1437), "mnist": (1, 28, 10, 60000),
+          "fashion_mnist": (1, 28, 10, 60000), "cifar10": (3, 32, 10, 50000),
+          "cifar100": (3, 32, 100, 50000)}
+
+
+def dataset_shape(cfg: DatasetConfig) -> tuple[DatasetInfo, int]:
+    """(info, number of training samples) without loading the data (for previews)."""
+    if cfg.name == "synthetic":
+        c, size, classes, n = cfg.channels, cfg.size, cfg.classes, cfg.num_train
+    elif cfg.name in SHAPES:
+        c, size, classes, n = SHAPES[cfg.name]
+    else:
+        from cprec.errors import ConfigError
+
+        raise ConfigError("dataset.name", cfg.name, f"choose one of {sorted(DATASETS)}")
+    if cfg.train_subset is not None:
+        n = min(n, cfg.train_subset)
+    return DatasetInfo(cfg.name, c, size, classes), n
+
+
 def build_dataset(cfg: DatasetConfig) -> Dataset:
     """Load a registered dataset into normalized in-memory tensors."""
     if cfg.name not in DATASETS:

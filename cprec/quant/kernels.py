@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 
 log = logging.getLogger(__name__)
+# torch.compile's C++ toolchain probe warns about a missing CUDA runtime on CPU-only hosts
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 EPS = 1e-12
 _COMPILE = os.environ.get("CPREC_COMPILE", "1") != "0"

@@ -1,0 +1,43 @@
+"""`cprec prt`: the thin Hydra shell around ``cprec.range_test.run_prt``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from cprec.config import register_schemas, to_train_config
+from cprec.paths import config_dir
+from cprec.shell import finish_sweep, pin_sweep_dir, run_task
+
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="prt")
+def hydra_main(cfg: DictConfig) -> None:
+    def task(out_dir: Path) -> dict:
+        typed = to_train_config(cfg)
+        from cprec.range_test import format_curve, run_prt
+
+        result = run_prt(typed, out_dir)
+        print(format_curve(result))
+        print(f"bounds {result['lower_bits']}..{result['upper_bits']} bits "
+              f"({result['steps']} steps, {result['gbitops']:.4g} GBitOPs) -> {result['path']}")
+        return {"status": "completed", **result}
+
+    def failed(message: str) -> None:
+        from cprec.runs import write_json
+        from cprec.shell import output_dir
+
+        write_json(output_dir() / "prt.json", {"status": "failed", "error": message})
+
+    run_task(task, failed)
+
+
+def main_cli(argv: list[str]) -> int:
+    argv, sweep = pin_sweep_dir(argv, "prt")
+    sys.argv = [sys.argv[0], *argv]
+    hydra_main()
+    return 0 if sweep is None else finish_sweep(sweep)

@@ -1,0 +1,35 @@
+"""`cprec schedule`: the thin Hydra shell around ``cprec.schedule_preview``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from cprec.config import register_schemas, to_train_config
+from cprec.paths import config_dir
+from cprec.shell import run_task
+
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="preview")
+def hydra_main(cfg: DictConfig) -> None:
+    def task(out_dir: Path) -> dict:
+        from cprec.schedule_preview import preview_schedule
+
+        r = preview_schedule(to_train_config(cfg), out_dir)
+        print(f"{r['schedule']}: {r['total_steps']} steps, forward {r['bits_fw_min']}..{r['bits_fw_max']} "
+              f"bits (mean {r['mean_bits_fw']:.2f}), backward {r['bits_bw']} bits, bounds from "
+              f"{r['bounds_source']}; relative cost {r['relative_cost']:.4f} of fp32 -> {r['png']}")
+        return {"status": "completed", **r}
+
+    run_task(task, lambda message: None)
+
+
+def main_cli(argv: list[str]) -> int:
+    sys.argv = [sys.argv[0], *argv]
+    hydra_main()
+    return 0

@@ -86,29 +86,22 @@ def stochastic_round_tensor(g: torch.Tensor, bits: int, key: torch.Tensor) -> to
     """Per-tensor min..max grid, stochastic rounding: E[q] = g exactly, |q - g| < one step.
 
     ``key`` (an int32 0-dim tensor) selects the random stream; equal keys give equal noise.
+    At 32 bits (full precision) ``g`` is returned unchanged, as by the other quantizers.
     """
+    if bits >= 32:
+        return g
     return kernel(quant_stochastic)(g, key, levels_tensor(bits, g.device))
-
-
-class _QuantizeError(torch.autograd.Function):
-    """Identity forward; backward quantizes the incoming gradient (the layer's error)."""
-
-    @staticmethod
-    def forward(ctx, x, bits, quantizer, key_source):
-        ctx.bits, ctx.quantizer, ctx.key_source = bits, quantizer, key_source
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        key = ctx.key_source(grad.device)
-        return ctx.quantizer(grad.contiguous(), ctx.bits, key), None, None, None
 
 
 def quantize_error(x: torch.Tensor, bits: int, key_source, quantizer=stochastic_round_tensor):
     """Mark ``x`` so that the gradient flowing back into it is quantized at ``bits``.
 
     ``key_source(device)`` is called once per backward pass to get the rounding key.
+    A tensor hook rather than an autograd Function: the layer output stays a plain tensor, so
+    a following in-place op (``ReLU(inplace=True)``) is allowed, and the hook still sees the
+    gradient w.r.t. the output as it was when the layer produced it.
     """
     if bits >= 32 or not x.requires_grad:
         return x
-    return _QuantizeError.apply(x, bits, quantizer, key_source)
+    x.register_hook(lambda grad: quantizer(grad.contiguous(), bits, key_source(grad.device)))
+    return x

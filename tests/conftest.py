@@ -1,0 +1,57 @@
+"""Shared test helpers: run the real CLI in a subprocess, compose configs like the CLI does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# tiny, fast training settings for end-to-end tests on the embedded digits dataset
+FAST = ["model=mlp", "trainer.steps=24", "trainer.eval_every=12", "trainer.progress=false",
+        "schedule.cycles=4"]
+
+
+def run_cli(args: list[str], cwd: Path, compile_kernels: bool = False, timeout: int = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """`cprec <args>` in a subprocess; kernel compilation off unless asked (saves ~10 s)."""
+    full_env = {**os.environ, "CPREC_COMPILE": "1" if compile_kernels else "0", **(env or {})}
+    full_env.pop("CPREC_OUTPUT_ROOT", None)
+    return subprocess.run([sys.executable, "-m", "cprec.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def compose():
+    """compose(overrides, config_name="train") -> typed TrainConfig, as the CLI builds it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from cprec.config import register_schemas, to_train_config
+    from cprec.paths import config_dir
+
+    register_schemas()
+
+    def _compose(overrides: list[str] | None = None, config_name: str = "train"):
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
+        return to_train_config(cfg)
+
+    return _compose
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _eager_kernels():
+    """In-process tests run the quantization kernels eagerly (same math, no compile wait)."""
+    from cprec.quant import kernels
+
+    kernels.set_compile(False)
+    yield

@@ -54,9 +54,9 @@ def remove_unused_run_dir(run_dir: Path) -> None:
             handler.close()
             logging.getLogger().removeHandler(handler)
     shutil.rmtree(run_dir, ignore_errors=True)
-    parent = run_dir.parent  # the date folder, if now empty
-    if parent.is_dir() and not any(parent.iterdir()):
-        parent.rmdir()
+    for parent in (run_dir.parent, run_dir.parent.parent):  # <job>/<date>/, if now empty
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
 
 
 def fail_line(message: str) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from cprec.bounds import resolve_bounds
 from cprec.config import TrainConfig
 from cprec.cost import CostLedger, measure_macs
 from cprec.data import BatchStream, Dataset, build_dataset, eval_batches
+from cprec.errors import CprecError
 from cprec.models import build_model
 from cprec.optim import build_lr_scheduler, build_optimizer
 from cprec.quant import FloatFormat, build_quantized, layer_bits, set_precision
@@ -30,6 +33,42 @@ from cprec.schedules import PrecisionScheduler, build_schedule
 
 log = logging.getLogger("cprec")
 PROGRESS_EVERY = 10  # steps between progress-bar updates and divergence checks
+# config keys that may change between a run and its resumption (they don't change results)
+RESUMABLE_CHANGES = ("trainer.progress", "trainer.device", "trainer.threads", "resume", "output_root")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_run(saved: dict, current: dict, run_dir: Path) -> None:
+    """Refuse to continue a checkpoint under a different config (it would not be that run)."""
+    a, b = _flatten(saved), _flatten(current)
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
+    if diff:
+        k = diff[0]
+        raise CprecError(f"{run_dir} holds a run with {k}={a.get(k)!r}, not {b.get(k)!r}; resume it "
+                         f"with its own settings (cprec train resume={run_dir}) or use a new run dir")
+
+
+@contextmanager
+def stop_requests():
+    """SIGINT/SIGTERM set a flag instead of killing the loop, so it can checkpoint first."""
+    requested: list[int] = []
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: requested.append(signum))
+    except ValueError:  # not the main thread (some launchers): keep the defaults
+        pass
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def pick_device(name: str) -> torch.device:
@@ -222,7 +261,9 @@ class Trainer:
         self.started = time.perf_counter()
         ckpt = self.out_dir / runs.CHECKPOINT
         if ckpt.exists():
-            self.load_state_dict(runs.load_checkpoint(ckpt))
+            state = runs.load_checkpoint(ckpt)
+            check_same_run(state["config"], asdict(self.cfg), self.out_dir)
+            self.load_state_dict(state)
             log.info("resumed from %s at step %d", ckpt, self.step)
         records = self.metrics.read()
         last = records[-1] if records else None
@@ -230,27 +271,35 @@ class Trainer:
                    desc=f"{self.cfg.model.name}/{self.cfg.schedule.name}", mininterval=0.5,
                    dynamic_ncols=True)
         status = "completed"
-        while self.step < self.total_steps:
-            t0 = time.perf_counter()
-            self.train_step()
-            if self.device.type == "cuda" and self.step % PROGRESS_EVERY == 0:
-                torch.cuda.synchronize()
-            self.train_time += time.perf_counter() - t0
-            at_eval = self.step % self.eval_every == 0 or self.step == self.total_steps
-            if self.step % PROGRESS_EVERY == 0 or at_eval:
-                if self.diverged():
-                    status = "diverged"
-                    log.warning("loss is not finite at step %d: run diverged", self.step)
+        with stop_requests() as stop:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                self.train_step()
+                if self.device.type == "cuda" and self.step % PROGRESS_EVERY == 0:
+                    torch.cuda.synchronize()
+                self.train_time += time.perf_counter() - t0
+                end = self.step == self.total_steps
+                at_eval = self.step % self.eval_every == 0 or end
+                at_ckpt = self.step % self.checkpoint_every == 0 or end or bool(stop)
+                if self.step % PROGRESS_EVERY == 0 or at_eval or at_ckpt:
+                    if self.diverged():  # before any checkpoint: the last good one is kept
+                        status = "diverged"
+                        log.warning("loss is not finite at step %d: run diverged", self.step)
+                        break
+                    bar.set_postfix(loss=f"{float(self.loss_sum) / max(self.seen, 1):.3f}",
+                                    acc=f"{int(self.correct) / max(self.seen, 1):.3f}",
+                                    bits="%d/%d" % self.precision.schedule.bits_at(self.step - 1),
+                                    refresh=False)
+                    bar.update(self.step - bar.n)
+                if at_eval:
+                    last = self.evaluate_and_log()
+                if at_ckpt:
+                    self.save_checkpoint()
+                if stop:
+                    status = "interrupted"
+                    log.warning("signal %d: checkpoint written at step %d; resume with "
+                                "cprec train resume=%s", stop[0], self.step, self.out_dir)
                     break
-                bar.set_postfix(loss=f"{float(self.loss_sum) / max(self.seen, 1):.3f}",
-                                acc=f"{int(self.correct) / max(self.seen, 1):.3f}",
-                                bits="%d/%d" % self.precision.schedule.bits_at(self.step - 1),
-                                refresh=False)
-                bar.update(self.step - bar.n)
-            if at_eval:
-                last = self.evaluate_and_log()
-            if self.step % self.checkpoint_every == 0 or self.step == self.total_steps:
-                self.save_checkpoint()
         bar.close()
         summary = self.summary(status, last)
         runs.write_json(self.out_dir / runs.COST, {"total_gbitops": self.ledger.gbitops,

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from cprec.config import register_schemas, to_train_config
 from cprec.paths import config_dir
-from cprec.shell import finish_sweep, pin_sweep_dir, run_task
+from cprec.shell import check_writable, finish_sweep, pin_sweep_dir, run_task
 
 register_schemas()
 
@@ -38,6 +38,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main_cli(argv: list[str]) -> int:
     argv, sweep = pin_sweep_dir(argv, "prt")
+    check_writable(argv)
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
     return 0 if sweep is None else finish_sweep(sweep)

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from cprec.config import register_schemas, to_train_config
 from cprec.paths import config_dir
-from cprec.shell import run_task
+from cprec.shell import check_writable, run_task
 
 register_schemas()
 
@@ -30,6 +30,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main_cli(argv: list[str]) -> int:
+    check_writable(argv)
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
     return 0

@@ -18,25 +18,6 @@ PROFILES = ("cosine", "linear", "exp", "rex")
 SHAPES = ("growth", "decay", "triangular")
 
 
-def growth(profile: str, z: float) -> float:
-    """Fraction of the way from min to max bits at cycle position z in [0, 1) when rising."""
-    if profile == "cosine":
-        return 0.5 * (1 - math.cos(math.pi * z))
-    if profile == "linear":
-        return z
-    if profile == "exp":  # k = 4
-        return 1 - math.exp(-4 * z)
-    if profile == "rex":  # beta = 0.9, y = 1 - z
-        y = 1 - z
-        return 1 - y / (0.1 + 0.9 * y)
-    raise ConfigError("schedule.profile", profile, f"choose one of {list(PROFILES)}")
-
-
-def decay(profile: str, z: float) -> float:
-    """Fraction of the way from min to max bits at z when falling (PAPERS.md table)."""
-    return 1 - growth(profile, z)
-
-
 def cyclic_bits(step: int, total_steps: int, cycles: int, lo: int, hi: int,
                 profile: str = "cosine", shape: str = "growth") -> int:
     """Forward bits at ``step`` of a cyclic schedule between ``lo`` and ``hi``.
@@ -49,8 +30,27 @@ def cyclic_bits(step: int, total_steps: int, cycles: int, lo: int, hi: int,
     cycle, z = divmod(step, period)
     z /= period
     rising = shape == "growth" or (shape == "triangular" and cycle % 2 == 0)
-    frac = growth(profile, z) if rising else decay(profile, z)
-    return int(round(lo + (hi - lo) * frac))  # round() is round-half-even, like rint
+    from_min, term = _table_term(profile, z)
+    value = lo + (hi - lo) * term if from_min == rising else hi - (hi - lo) * term
+    # rint of the exact value: ties are common (linear 3..8 mid-cycle: 5.5; linear decay 1..16
+    # at z = 5/6: 3.5; cosine 2..8 at z = 1/3: 3.5) and float evaluation lands them an ulp
+    # either side, so snap to 9 decimals first; then round() rounds half to even, like rint
+    return int(round(round(value, 9)))
+
+
+def _table_term(profile: str, z: float) -> tuple[bool, float]:
+    """(growth is written from b_min, term f) of PAPERS.md section 2's table: growth is
+    b_min + D f (cosine, linear) or b_max - D f (exp, rex); decay is the mirror image."""
+    if profile == "cosine":
+        return True, 0.5 * (1 - math.cos(math.pi * z))
+    if profile == "linear":
+        return True, z
+    if profile == "exp":
+        return False, math.exp(-4 * z)
+    if profile == "rex":
+        y = 1 - z
+        return False, y / (0.1 + 0.9 * y)
+    raise ConfigError("schedule.profile", profile, f"choose one of {list(PROFILES)}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from datetime import datetime
@@ -95,6 +96,31 @@ def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str]
         sys.exit(1)
 
 
+def _arg_value(argv: list[str], key: str) -> str | None:
+    return next((a.split("=", 1)[1] for a in argv if a.startswith(key + "=")), None)
+
+
+def check_writable(argv: list[str]) -> None:
+    """Before Hydra makes the run dir: one clear line (exit 2) if it cannot be written."""
+    import os
+
+    root = os.environ.get("CPREC_OUTPUT_ROOT", "outputs")
+    for key in ("hydra.sweep.dir", "hydra.run.dir", "output_root"):
+        if _arg_value(argv, key):
+            root, chosen = _arg_value(argv, key), key
+            break
+    else:
+        chosen = "output_root"
+    target = Path(root).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    try:  # a real probe: permission bits say little to root or on special filesystems
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".cprec-probe-"))
+    except OSError as e:
+        fail_line(f"{chosen}={root!r} is invalid: cannot create folders in {existing} "
+                  f"({e.strerror}); choose another with {chosen}=<folder>")
+        sys.exit(2)
+
+
 def pin_sweep_dir(argv: list[str], job: str) -> tuple[list[str], Path | None]:
     """For `-m`, fix the sweep dir up front so the dispatcher can check its jobs afterwards."""
     if not {"-m", "--multirun"} & set(argv):
@@ -102,7 +128,7 @@ def pin_sweep_dir(argv: list[str], job: str) -> tuple[list[str], Path | None]:
     for arg in argv:
         if arg.startswith("hydra.sweep.dir="):
             return argv, Path(arg.split("=", 1)[1])
-    root = next((a.split("=", 1)[1] for a in argv if a.startswith("output_root=")), "outputs")
+    root = _arg_value(argv, "output_root") or "outputs"
     sweep = Path(root) / f"{job}-multirun" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     return [*argv, f"hydra.sweep.dir={sweep}"], sweep
 

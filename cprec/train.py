@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cprec.config import register_schemas, to_train_config
 from cprec.paths import config_dir
-from cprec.shell import finish_sweep, parallel_threads, pin_sweep_dir, run_task
+from cprec.shell import check_writable, finish_sweep, parallel_threads, pin_sweep_dir, run_task
 
 register_schemas()
 
@@ -58,6 +58,7 @@ def resume_args(argv: list[str]) -> list[str]:
 def main_cli(argv: list[str]) -> int:
     argv = resume_args(argv)
     argv, sweep = pin_sweep_dir(argv, "train")
+    check_writable(argv)
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
     return finish_sweep(sweep)

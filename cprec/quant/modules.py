@@ -65,8 +65,9 @@ class QuantMixin:
     def _init_quant(self, spec: QuantSpec, rng: QuantRNG) -> None:
         self.spec, self.rng = spec, rng
         self.fw_bits, self.bw_bits = FULL, FULL
-        self.register_buffer("act_lo", torch.zeros(()))
-        self.register_buffer("act_hi", torch.zeros(()))
+        device = self.weight.device  # a model converted after .to(device) keeps working
+        self.register_buffer("act_lo", torch.zeros((), device=device))
+        self.register_buffer("act_hi", torch.zeros((), device=device))
         self.act_seen = False  # python flag: no device sync in forward
 
     def _fixed_activation(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +103,11 @@ class QuantMixin:
         if self.spec.float_format is None:
             return self._fixed_activation(x), quantize_weight(weight, self.fw_bits)
         q = self._float_quantizer(self.spec.rounding)
-        key = self.rng.next_key(x.device) if self.spec.rounding == "stochastic" else None
-        return _ste(x, q(x.detach(), self.fw_bits, key)), _ste(weight, q(weight.detach(), 0, key))
+        # independent noise for the activation and the weight (one key each)
+        stochastic = self.spec.rounding == "stochastic"
+        key_x = self.rng.next_key(x.device) if stochastic else None
+        key_w = self.rng.next_key(x.device) if stochastic else None
+        return _ste(x, q(x.detach(), self.fw_bits, key_x)), _ste(weight, q(weight.detach(), 0, key_w))
 
     def _quantized_output(self, out: torch.Tensor) -> torch.Tensor:
         if self.bw_bits >= FULL or not self.spec.quantize_errors:

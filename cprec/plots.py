@@ -1,0 +1,135 @@
+"""The report's pictures (PNG, matplotlib Agg): accuracy vs cost, and per-run curves.
+
+Uses matplotlib's Figure API directly (no pyplot): no global state, no display needed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+MAX_CURVE_POINTS = 20000  # schedule samples per run plot; plenty for 32 cycles
+
+
+def _save(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120)
+
+
+def _wrap(label: str, width: int = 90) -> str:
+    """Long override labels wrapped at commas so the legend stays inside the picture."""
+    return textwrap.fill(label.replace(",", ", "), width).replace(", ", ",")
+
+
+def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int = 0) -> None:
+    """Final accuracy against GBitOPs per group, error bars over seeds, Pareto front marked."""
+    shown = [r for r in rows if r["final_acc_mean"] is not None and r["gbitops_mean"] is not None]
+    labels = [_wrap(f"{r['group']} ({r['completed']}/{r['runs']} runs)") for r in shown]
+    legend_lines = sum(label.count("\n") + 1 for label in labels) + 1
+    fig = Figure(figsize=(8, 4.5 + 0.2 * legend_lines), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (r, label) in enumerate(zip(shown, labels)):
+        ax.errorbar(r["gbitops_mean"], 100 * r["final_acc_mean"], xerr=r["gbitops_std"] or 0,
+                    yerr=100 * (r["final_acc_std"] or 0), fmt="o", capsize=4, color=f"C{i % 10}",
+                    label=label)
+    front = sorted((r["gbitops_mean"], 100 * r["final_acc_mean"]) for r in shown if r["pareto"])
+    if front:  # the best accuracy reachable at each cost: a staircase through the front
+        xs, ys = zip(*front)
+        ax.plot(xs, ys, "--", color="0.4", zorder=0, drawstyle="steps-post")
+        ax.scatter(xs, ys, s=220, facecolors="none", edgecolors="k", label="Pareto front")
+    costs = [r["gbitops_mean"] for r in shown if r["gbitops_mean"] > 0]
+    if costs and max(costs) / min(costs) > 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, plain numbers
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training cost (GBitOPs)")
+    ax.set_ylabel("final test accuracy (%)")
+    title = "final accuracy vs training cost (mean ± sample std over seeds)"
+    if not_completed:
+        title += f"\n{not_completed} run(s) failed, diverged or unfinished: see report.md"
+    ax.set_title(title, fontsize=10, color="k" if not not_completed else "C3")
+    ax.grid(alpha=0.3)
+    if shown:
+        fig.legend(loc="outside lower center", fontsize=8, ncols=1, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
+    _save(fig, path)
+
+
+def run_plot_name(label: str, seed: Any, used: set[str]) -> str:
+    """A file name for one run's plot, unique within the report."""
+    stem = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{label}-seed{seed}")[:120]
+    name, n = f"{stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}.png"
+    used.add(name)
+    return name
+
+
+def schedule_curve(run_dir: Path, summary: dict) -> tuple[list[int], list[int], list[int]] | None:
+    """Forward/backward bits at every training step, recomputed from the run's schedule.
+
+    metrics.jsonl samples bits only at evaluations, which aliases a cyclic schedule (32
+    cycles, one evaluation per epoch); the schedule is a pure function of the step, so the
+    saved config and the bounds the run resolved (summary.json) give the exact curve.
+    """
+    from cprec.schedules import PrecisionSchedule  # torch-free
+
+    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    s, total = config["schedule"], int(summary["total_steps"])
+    lo, hi, bw = int(summary["bits_fw_min"]), int(summary["bits_fw_max"]), int(summary["bits_bw"])
+    sched = PrecisionSchedule(s["kind"], total, bits=lo, bw_bits=bw, min_bits=lo, max_bits=hi,
+                              cycles=int(s.get("cycles", 1)), profile=s.get("profile", "cosine"),
+                              shape=s.get("shape", "growth"),
+                              deficit_steps=int(s.get("deficit_steps", 0)))
+    steps = list(range(0, total, max(1, total // MAX_CURVE_POINTS)))
+    bits = [sched.bits_at(t) for t in steps]
+    return [t + 1 for t in steps], [b[0] for b in bits], [b[1] for b in bits]
+
+
+def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
+    """Bits (top) and accuracy (bottom) over training steps for one run; False if no data."""
+    metrics_path = run_dir / "metrics.jsonl"
+    records = ([json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+               if metrics_path.exists() else [])
+    if not records:
+        return False
+    try:
+        curve = schedule_curve(run_dir, summary)
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        curve = None  # older or foreign run dir: fall back to the bits at evaluations
+    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    steps = [r["step"] for r in records]
+    if curve is not None:
+        # bits of step t (0-based) hold over (t, t+1]: "pre" puts the eval markers on the line
+        top.step(curve[0], curve[1], where="pre", color="C0", lw=1, label="forward bits")
+        top.step(curve[0], curve[2], where="pre", color="C3", lw=1, ls="--", label="backward bits")
+    top.plot(steps, [r["bits_fw"] for r in records], "o", color="C0", ms=3,
+             label="forward bits (at eval)" if curve is None else None)
+    top.plot(steps, [r["bits_bw"] for r in records], "s", color="C3", ms=3, mfc="none",
+             label="backward bits (at eval)" if curve is None else None)
+    top.set_ylabel("bits")
+    top.legend(fontsize=8, loc="lower right")
+    top.grid(alpha=0.3)
+    bottom.plot(steps, [100 * r["test_acc"] for r in records], "o-", ms=3, label="test")
+    bottom.plot(steps, [100 * r["train_acc"] for r in records], ".--", ms=3, label="train (window)")
+    bottom.set_xlabel("training step")
+    bottom.set_ylabel("accuracy (%)")
+    bottom.legend(fontsize=8, loc="lower right")
+    bottom.grid(alpha=0.3)
+    status = summary.get("status", "missing")
+    fig.suptitle(f"{label}  seed {summary.get('seed', '?')}  [{status}]", fontsize=10)
+    _save(fig, path)
+    return True

@@ -28,14 +28,26 @@ def is_multirun() -> bool:
 
 
 def parallel_threads() -> int | None:
-    """Torch threads per job when a launcher runs ``n_jobs`` jobs side by side (joblib),
-    so parallel jobs share the cores instead of oversubscribing them; None otherwise."""
+    """Torch threads per job when a launcher runs jobs side by side, so parallel jobs share
+    the cores instead of oversubscribing them; None (torch's default) otherwise.
+
+    joblib: ``n_jobs`` jobs at once (negative counts like joblib: -1 = one per core);
+    submitit: ``cpus_per_task`` cores per job.
+    """
     import os
 
-    n_jobs = HydraConfig.get().launcher.get("n_jobs")
-    if not is_multirun() or not isinstance(n_jobs, int) or n_jobs <= 1:
+    if not is_multirun():
         return None
-    return max(1, (os.cpu_count() or 1) // n_jobs)
+    launcher = HydraConfig.get().launcher
+    cpus = os.cpu_count() or 1
+    per_task = launcher.get("cpus_per_task")
+    if isinstance(per_task, int) and per_task > 0:
+        return per_task
+    n_jobs = launcher.get("n_jobs")
+    if not isinstance(n_jobs, int) or n_jobs in (0, 1):
+        return None
+    jobs = n_jobs if n_jobs > 0 else max(cpus + 1 + n_jobs, 1)
+    return max(1, cpus // jobs)
 
 
 def output_dir() -> Path:

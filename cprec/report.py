@@ -1,0 +1,298 @@
+"""`cprec report DIR...`: one table (markdown, CSV, JSON) and plots from run and sweep dirs.
+
+Runs are grouped by what was varied on purpose: the Hydra overrides of each run, minus the
+seed and keys that do not change the result (progress bar, output places). Each group gets
+mean and sample std (ddof=1; 0 for one run) over its completed runs. Failed, diverged and
+unfinished runs are counted in the table and listed under it, never silently dropped.
+
+Not a Hydra app (it reads finished runs, it configures none), and free of torch imports so
+it answers in a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STATS = ("final_acc", "best_acc", "gbitops", "relative_cost", "train_time_s")
+# overrides that do not change what a run computes: not part of a group's identity
+IGNORED_KEYS = {"seed", "resume", "output_root", "dataset.root", "dataset.download",
+                "trainer.progress", "trainer.threads", "trainer.checkpoint_every"}
+IDENTITY = ("model", "dataset", "schedule")
+STD_NOTE = "sample std (ddof=1) over completed runs; 0 for a single run"
+# how a run can end short of "completed" (DESIGN.md, engine); anything else counts as other
+NOT_COMPLETED = ("failed", "diverged", "interrupted", "missing")
+
+
+class ReportError(Exception):
+    """A user mistake (missing directory, nothing to report): one line, exit code 2."""
+
+
+@dataclass
+class Run:
+    """One run directory as the report sees it."""
+
+    path: Path
+    summary: dict
+    params: dict[str, str]  # identity + overrides that matter, in command-line order
+    label: str = ""
+    plot: str | None = None
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "missing"))
+
+    @property
+    def key(self) -> tuple:
+        return tuple(sorted(self.params.items()))
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[Run] = field(default_factory=list)
+    pareto: bool = False
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "completed"]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts plus mean/std of every STATS field over the completed runs."""
+        out: dict[str, Any] = {"group": self.label, "runs": len(self.runs),
+                               "completed": len(self.completed)}
+        for status in NOT_COMPLETED:
+            out[status] = sum(r.status == status for r in self.runs)
+        out["other"] = len(self.runs) - out["completed"] - sum(out[s] for s in NOT_COMPLETED)
+        for name in STATS:
+            values = [float(v) for r in self.completed
+                      if isinstance(v := r.summary.get(name), int | float) and math.isfinite(v)]
+            out[f"{name}_mean"], out[f"{name}_std"] = mean_std(values)
+        out["pareto"] = self.pareto
+        out["seeds"] = " ".join(str(r.summary.get("seed", "?")) for r in self.runs)
+        out["overrides"] = ",".join(f"{k}={v}" for k, v in self.runs[0].params.items())
+        return out
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1); std 0 for one value, None for none."""
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _natural(path: Path) -> list:
+    """Sort key that puts job 10 after job 9."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _read_summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return {"status": "missing", "error": "no summary.json (killed, or still running)"}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {"status": "failed", "error": f"summary.json unreadable ({type(e).__name__})"}
+    return summary if isinstance(summary, dict) else {"status": "failed",
+                                                      "error": "summary.json is not an object"}
+
+
+def _params(run_dir: Path, summary: dict) -> dict[str, str]:
+    """What identifies a run's group: model/dataset/schedule plus its meaningful overrides."""
+    config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
+    params = {}
+    for name in IDENTITY:
+        section = config.get(name) if isinstance(config, dict) else None
+        value = section.get("name") if isinstance(section, dict) else summary.get(name)
+        params[name] = str(value)
+    for item in _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        if key in IGNORED_KEYS or key in IDENTITY or key.startswith("hydra"):
+            continue
+        params[key] = value
+    return params
+
+
+def find_runs(dirs: list[Path]) -> list[Run]:
+    """Every run below ``dirs``: dirs with a summary.json, or train jobs that never wrote one."""
+    found: dict[Path, None] = {}
+    for root in dirs:
+        if not root.exists():
+            raise ReportError(f"{root} does not exist")
+        if not root.is_dir():
+            raise ReportError(f"{root} is not a directory")
+        candidates = [p.parent for p in root.rglob("summary.json")]
+        candidates += [p.parent for p in root.rglob("train.log") if (p.parent / ".hydra").is_dir()]
+        for run_dir in sorted(candidates, key=_natural):
+            found.setdefault(run_dir.resolve(), None)
+    if not found:
+        raise ReportError(f"no runs (summary.json) found below {' '.join(map(str, dirs))}")
+    runs = []
+    for run_dir in found:
+        summary = _read_summary(run_dir)
+        runs.append(Run(run_dir, summary, _params(run_dir, summary)))
+    return runs
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Group runs by their params; label each group by the params that differ between runs."""
+    keys = {k for r in runs for k in r.params}
+    varying = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        group = groups.get(run.key)
+        if group is None:
+            label = ",".join(f"{k}={v}" for k, v in run.params.items() if k in varying)
+            group = groups[run.key] = Group(label or run.params["schedule"])
+        group.runs.append(run)
+    seen: dict[str, int] = {}
+    for group in groups.values():  # labels must stay unique even if overrides were spelt alike
+        seen[group.label] = seen.get(group.label, 0) + 1
+        if seen[group.label] > 1:
+            group.label += f" ({seen[group.label]})"
+        for run in group.runs:
+            run.label = group.label
+    mark_pareto(list(groups.values()))
+    return list(groups.values())
+
+
+def mark_pareto(groups: list[Group]) -> None:
+    """A group is on the front when no other group is as accurate at no more GBitOPs."""
+    points = {id(g): (s["gbitops_mean"], s["final_acc_mean"]) for g in groups
+              if (s := g.stats())["final_acc_mean"] is not None and s["gbitops_mean"] is not None}
+    for g in groups:
+        if id(g) not in points:
+            continue
+        c, a = points[id(g)]
+        g.pareto = not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a)
+                           for k, (c2, a2) in points.items() if k != id(g))
+
+
+def _pm(mean: float | None, std: float | None, fmt: str, scale: float = 1.0) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean * scale:{fmt}} ± {(std or 0.0) * scale:{fmt}}"
+
+
+def markdown(rows: list[dict], runs: list[Run]) -> str:
+    """The table users read: accuracies in percent, mean ± sample std over seeds."""
+    head = ["group", "runs (ok/all)", "final acc %", "best acc %", "GBitOPs", "rel. cost",
+            "train time s", "Pareto"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        bad = ", ".join(f"{r[s]} {s}" for s in (*NOT_COMPLETED, "other") if r[s])
+        count = f"{r['completed']}/{r['runs']}" + (f" ({bad})" if bad else "")
+        cells = [r["group"], count, _pm(r["final_acc_mean"], r["final_acc_std"], ".2f", 100),
+                 _pm(r["best_acc_mean"], r["best_acc_std"], ".2f", 100),
+                 _pm(r["gbitops_mean"], r["gbitops_std"], ".4g"),
+                 _pm(r["relative_cost_mean"], r["relative_cost_std"], ".4f"),
+                 _pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
+                 "*" if r["pareto"] else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"mean ± {STD_NOTE}; * = on the Pareto front of final accuracy vs GBitOPs."]
+    bad_runs = [r for r in runs if r.status != "completed"]
+    if bad_runs:
+        lines += ["", f"runs that did not complete ({len(bad_runs)}):"]
+        for r in bad_runs:
+            error = str(r.summary.get("error") or "").strip().splitlines()
+            at = f"step {r.summary.get('steps', '?')} of {r.summary.get('total_steps', '?')}"
+            if not error and r.status == "diverged":
+                error = [f"loss not finite by {at}"]
+            if not error and r.status == "interrupted":
+                error = [f"stopped at {at}; continue it with: cprec train resume={r.path}"]
+            lines.append(f"- {r.status}: {r.path.name}" + (f": {error[-1]}" if error else ""))
+    return "\n".join(lines) + "\n"
+
+
+def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Path,
+                 plots: bool = True) -> str:
+    """Write report.md/.csv/.json (and PNGs) into ``out``; return the markdown table."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [g.stats() for g in groups]
+    if plots:
+        from cprec import plots as plotting  # matplotlib only when plotting
+
+        plotting.accuracy_vs_cost(rows, out / "accuracy_vs_gbitops.png",
+                                  not_completed=sum(r.status != "completed" for r in runs))
+        for stale in (out / "runs").glob("*.png"):  # plots of runs no longer reported
+            stale.unlink()
+        used: set[str] = set()
+        for run in runs:
+            name = plotting.run_plot_name(run.label, run.summary.get("seed"), used)
+            if plotting.run_curves(run.path, run.summary, run.label, out / "runs" / name):
+                run.plot = f"runs/{name}"
+    text = markdown(rows, runs)
+    (out / "report.md").write_text(text)
+    with (out / "report.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run_rows = [{"group": r.label, "path": str(r.path), "status": r.status,
+                 "seed": r.summary.get("seed"), "error": r.summary.get("error"), "plot": r.plot,
+                 **{k: r.summary.get(k) for k in STATS}} for r in runs]
+    report = {"dirs": [str(d) for d in dirs], "std": STD_NOTE, "groups": rows, "runs": run_rows}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other cprec error
+        raise ReportError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cprec report",
+                description="Compare runs: one table (markdown, CSV, JSON) and PNG plots from "
+                            "run and sweep directories. Runs are grouped by their overrides "
+                            "other than the seed; each group shows mean ± sample std over its "
+                            "completed runs, and counts its failed or diverged ones.",
+                epilog="writes report.md, report.csv, report.json, accuracy_vs_gbitops.png and "
+                       "runs/*.png into --out")
+    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
+                   help="run or sweep directories (searched recursively for summary.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: <first DIR>/report)")
+    p.add_argument("--no-plots", action="store_true", help="tables only, no PNGs")
+    return p
+
+
+def main_cli(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        runs = find_runs(args.dirs)
+        groups = group_runs(runs)
+        out = args.out or args.dirs[0] / "report"
+        text = write_report(groups, runs, args.dirs, out, plots=not args.no_plots)
+    except ReportError as e:
+        print(f"cprec: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. --out not writable
+        print(f"cprec: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    print(text, end="")
+    print(f"report written to {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_cli(sys.argv[1:]))

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, read_summary, run_cli
 
 CONTRACT_SUMMARY = {"status", "final_acc", "best_acc", "final_loss", "steps", "gbitops",

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import FAST, read_summary, run_cli
 
 from cprec.range_test import find_bounds
-from conftest import FAST, read_summary, run_cli
 
 PRT_KEYS = {"model", "dataset", "lower_bits", "upper_bits", "threshold", "steps", "gbitops", "curve"}
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, read_summary, run_cli
 
 # slow enough per step to be killed mid-run, small enough for CI

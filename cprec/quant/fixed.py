@@ -75,7 +75,8 @@ def quantize_activation(x: torch.Tensor, bits: int, lo: torch.Tensor | None = No
         if bits >= 32:
             lo, hi = torch.aminmax(x.detach())
             return x, lo, hi
-        q, lo, hi = kernel(quant_tensor_batch_range)(x.detach(), levels_tensor(bits, x.device))
+        q, lo, hi, _, _ = kernel(quant_tensor_batch_range)(x.detach(),
+                                                           levels_tensor(bits, x.device))
         return _apply_ste(x, lambda _x, q: q, q), lo, hi
     if bits >= 32:
         return x
@@ -90,7 +91,7 @@ def stochastic_round_tensor(g: torch.Tensor, bits: int, key: torch.Tensor) -> to
     """
     if bits >= 32:
         return g
-    return kernel(quant_stochastic)(g, key, levels_tensor(bits, g.device))
+    return kernel(quant_stochastic)(g, key, levels_tensor(bits, g.device))[0]
 
 
 def quantize_error(x: torch.Tensor, bits: int, key_source, quantizer=stochastic_round_tensor):

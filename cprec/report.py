@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from cprec.errors import CprecError
+
 STATS = ("final_acc", "best_acc", "gbitops", "relative_cost", "train_time_s")
 # overrides that do not change what a run computes: not part of a group's identity
 IGNORED_KEYS = {"seed", "resume", "output_root", "dataset.root", "dataset.download",
@@ -33,7 +35,7 @@ STD_NOTE = "sample std (ddof=1) over completed runs; 0 for a single run"
 NOT_COMPLETED = ("failed", "diverged", "interrupted", "missing")
 
 
-class ReportError(Exception):
+class ReportError(CprecError):
     """A user mistake (missing directory, nothing to report): one line, exit code 2."""
 
 

@@ -6,7 +6,6 @@ full-precision layers at 32/32; relative_cost is the total over the same at 32/3
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from fractions import Fraction
 
 import pytest
@@ -17,16 +16,7 @@ from cprec.config import ModelConfig, QuantConfig
 from cprec.cost import FULL_PRECISION_BITOPS, CostLedger, measure_macs, step_bitops
 from cprec.data import DatasetInfo
 from cprec.models import build_model
-from cprec.quant import build_quantized, kernels, layer_bits, quant_layers, set_precision
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _eager() -> Iterator[None]:
-    """Eager quantization kernels: the forward passes here are about shapes, not speed."""
-    before = kernels._COMPILE
-    kernels.set_compile(False)
-    yield
-    kernels.set_compile(before)
+from cprec.quant import build_quantized, layer_bits, quant_layers, set_precision
 
 
 def resnet20(quantize_last: bool = False) -> nn.Module:

@@ -9,7 +9,6 @@ k * step with step = (max(hi, 0) - min(lo, 0)) / (2^b - 1), within half a step o
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,14 +26,6 @@ from cprec.quant.modules import QConv2d, QLinear, QuantMixin
 
 EPS32 = torch.finfo(torch.float32).eps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _eager() -> Iterator[None]:
-    """Eager kernels for this module (the slow test below compares them with compiled ones)."""
-    before = kernels._COMPILE
-    kernels.set_compile(False)
-    yield
-    kernels.set_compile(before)
 
 
 # -- helpers (closed forms) -----------------------------------------------------------------

@@ -28,7 +28,7 @@ from cprec.data import BatchStream, Dataset, build_dataset, eval_batches
 from cprec.errors import CprecError
 from cprec.models import build_model
 from cprec.optim import build_lr_scheduler, build_optimizer
-from cprec.quant import FloatFormat, build_quantized, layer_bits, set_precision
+from cprec.quant import build_quantized, format_bits, layer_bits, set_precision
 from cprec.schedules import PrecisionScheduler, build_schedule
 
 log = logging.getLogger("cprec")
@@ -104,6 +104,17 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+             y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch; returns (detached loss, logits) for the statistics."""
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), out.detach()
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Dataset, batch_size: int) -> tuple[float, float]:
     """(mean loss, accuracy) on the test split; not counted as training cost."""
@@ -133,10 +144,8 @@ class Trainer:
         self.data = build_dataset(cfg.dataset).to(self.device)
         self.stream = BatchStream(self.data, t.batch_size, cfg.seed, self.device)
         self.total_steps = t.steps or t.epochs * self.stream.steps_per_epoch
-        fmt_bits = (FloatFormat(cfg.quant.exp_bits, cfg.quant.man_bits, cfg.quant.has_inf).bits
-                    if cfg.quant.format == "float" else None)
         self.schedule = build_schedule(cfg.schedule, self.total_steps,
-                                       (self.min_bits, self.max_bits), fmt_bits)
+                                       (self.min_bits, self.max_bits), format_bits(cfg.quant))
         model = build_model(cfg.model, self.data.info)
         self.model, self.qrng = build_quantized(model, cfg.quant, cfg.seed)
         self.model.to(self.device).train()
@@ -203,14 +212,10 @@ class Trainer:
         fw, bw = self.precision.current()
         bits = self._set_bits(fw, bw)
         x, y = self.stream.next()
-        out = self.model(x)
-        loss = F.cross_entropy(out, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        loss, out = sgd_step(self.model, self.optimizer, x, y)
         self.lr_scheduler.step()
         self.ledger.add(bits, len(y))
-        self.loss_sum += loss.detach() * len(y)
+        self.loss_sum += loss * len(y)
         self.correct += (out.argmax(1) == y).sum()
         self.seen += len(y)
         self.precision.advance()

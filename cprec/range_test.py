@@ -15,13 +15,12 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from cprec import runs
 from cprec.config import TrainConfig
 from cprec.cost import CostLedger, measure_macs
 from cprec.data import BatchStream, build_dataset
-from cprec.engine import pick_device, seed_everything
+from cprec.engine import pick_device, seed_everything, sgd_step
 from cprec.errors import CprecError
 from cprec.models import build_model
 from cprec.optim import build_optimizer
@@ -72,14 +71,10 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
         accs, losses = [], []
         for _ in range(p.steps_per_bits):
             x, y = stream.next()
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, out = sgd_step(model, optimizer, x, y)
             ledger.add(layer, len(y))
             accs.append((out.argmax(1) == y).float().mean())
-            losses.append(loss.detach())
+            losses.append(loss)
         k = p.smoothing
         row = {"bits": bits, "steps": p.steps_per_bits,
                "train_acc": float(torch.stack(accs[-k:]).mean()),

@@ -61,11 +61,10 @@ class MetricsLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._count = len(self.read())  # records so far, kept in step with appends
 
     def lines(self) -> int:
-        if not self.path.exists():
-            return 0
-        return sum(1 for line in self.path.read_text().splitlines() if line.strip())
+        return self._count
 
     def truncate(self, n: int) -> None:
         """Keep the first ``n`` records (those written before the checkpoint resumed from)."""
@@ -73,11 +72,13 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text().splitlines() if line.strip()][:n]
         atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
+        self._count = len(kept)
 
     def append(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        self._count += 1
 
     def read(self) -> list[dict]:
         if not self.path.exists():

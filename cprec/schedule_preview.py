@@ -8,7 +8,6 @@ from cprec import runs
 from cprec.bounds import resolve_bounds
 from cprec.config import TrainConfig
 from cprec.data import dataset_shape
-from cprec.quant import FloatFormat
 
 
 def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
@@ -21,16 +20,14 @@ def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
 
     from cprec.cost import measure_macs
     from cprec.models import build_model
-    from cprec.quant import build_quantized, quant_layers
+    from cprec.quant import build_quantized, format_bits, quant_layers
     from cprec.schedules import build_schedule, relative_cost_of
 
     info, n_train = dataset_shape(cfg.dataset)
     steps_per_epoch = max(n_train // min(cfg.trainer.batch_size, n_train), 1)
     total = cfg.trainer.steps or cfg.trainer.epochs * steps_per_epoch
     lo, hi, source = resolve_bounds(cfg)
-    fmt_bits = (FloatFormat(cfg.quant.exp_bits, cfg.quant.man_bits, cfg.quant.has_inf).bits
-                if cfg.quant.format == "float" else None)
-    schedule = build_schedule(cfg.schedule, total, (lo, hi), fmt_bits)
+    schedule = build_schedule(cfg.schedule, total, (lo, hi), format_bits(cfg.quant))
     model, _ = build_quantized(build_model(cfg.model, info), cfg.quant, cfg.seed)
     macs = measure_macs(model, torch.zeros(1, info.channels, info.size, info.size))
     rel = relative_cost_of(schedule, macs, set(quant_layers(model)))

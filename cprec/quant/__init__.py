@@ -18,13 +18,24 @@ from cprec.quant.modules import (
 )
 
 __all__ = ["FULL", "FORMATS", "FloatFormat", "QuantRNG", "QuantSpec", "build_quantized",
-           "compute_layers", "layer_bits", "quant_layers", "quantize_model", "set_precision",
-           "spec_from_config"]
+           "compute_layers", "float_format", "format_bits", "layer_bits", "quant_layers",
+           "quantize_model", "set_precision", "spec_from_config"]
+
+
+def float_format(cfg: QuantConfig) -> FloatFormat | None:
+    """The configured float format, or None for fixed point."""
+    return FloatFormat(cfg.exp_bits, cfg.man_bits, cfg.has_inf) if cfg.format == "float" else None
+
+
+def format_bits(cfg: QuantConfig) -> int | None:
+    """Width of a float format (its fixed precision for schedules), None for fixed point."""
+    fmt = float_format(cfg)
+    return fmt.bits if fmt else None
 
 
 def spec_from_config(cfg: QuantConfig) -> QuantSpec:
-    fmt = FloatFormat(cfg.exp_bits, cfg.man_bits, cfg.has_inf) if cfg.format == "float" else None
-    return QuantSpec(fmt, cfg.rounding, cfg.overflow, cfg.quantize_errors, cfg.act_momentum)
+    return QuantSpec(float_format(cfg), cfg.rounding, cfg.overflow, cfg.quantize_errors,
+                     cfg.act_momentum)
 
 
 def build_quantized(model: nn.Module, cfg: QuantConfig, seed: int) -> tuple[nn.Module, QuantRNG]:

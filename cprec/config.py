@@ -68,6 +68,8 @@ class QuantConfig:
     rounding: str = "nearest"  # float rounding of weights/activations: nearest | stochastic
     overflow: str = "saturate"  # saturate | inf
     has_inf: bool = True  # False: the top exponent holds numbers (OCP fp8 E4M3)
+    error_exp_bits: int | None = None  # errors in another float format (IEEE-style, with inf)
+    error_man_bits: int | None = None
 
 
 @dataclass
@@ -185,6 +187,10 @@ def validate(cfg: TrainConfig) -> None:
              "choose one of ['fixed', 'float']")
     _require(1 <= q.exp_bits <= 8, "quant.exp_bits", q.exp_bits, "must be in 1..8")
     _require(0 <= q.man_bits <= 23, "quant.man_bits", q.man_bits, "must be in 0..23")
+    _require((q.error_exp_bits is None) == (q.error_man_bits is None), "quant.error_exp_bits",
+             q.error_exp_bits, "set quant.error_exp_bits and quant.error_man_bits together")
+    _require(q.error_exp_bits is None or (1 <= q.error_exp_bits <= 8 and 0 <= q.error_man_bits <= 23),
+             "quant.error_exp_bits", q.error_exp_bits, "exponent bits in 1..8, mantissa bits in 0..23")
     _require(q.rounding in ("nearest", "stochastic"), "quant.rounding", q.rounding,
              "choose one of ['nearest', 'stochastic']")
     _require(q.overflow in ("saturate", "inf"), "quant.overflow", q.overflow,

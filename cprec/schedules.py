@@ -95,11 +95,12 @@ class PrecisionSchedule:
 
 
 def build_schedule(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int] | None = None,
-                   fixed_bits: int | None = None) -> PrecisionSchedule:
+                   fixed_bits: int | tuple[int, int] | None = None) -> PrecisionSchedule:
     """Resolve a schedule config for a run of ``total_steps`` steps.
 
     ``bounds`` (min, max forward bits, e.g. from the precision range test) replace the
-    configured ones; ``fixed_bits`` (a float format's width) replaces static bits.
+    configured ones; ``fixed_bits`` (a float format's width, or its (forward, backward)
+    widths) replaces the static bits.
     """
     if cfg.kind not in KINDS:
         raise ConfigError("schedule.kind", cfg.kind, f"choose one of {list(KINDS)}")
@@ -119,7 +120,7 @@ def build_schedule(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int
         if cfg.kind not in ("fp32", "static"):
             raise ConfigError("schedule", cfg.name, "a float quant format has a fixed width; "
                               "use schedule=static or schedule=fp32")
-        bits = bw = fixed_bits
+        bits, bw = fixed_bits if isinstance(fixed_bits, tuple) else (fixed_bits, fixed_bits)
     return PrecisionSchedule(cfg.kind, total_steps, bits, bw, lo, hi, cfg.cycles, cfg.profile,
                              cfg.shape, cfg.deficit_steps)
 

@@ -476,3 +476,35 @@ def test_compiled_kernels_match_eager() -> None:
         diff = (a - b).abs()
         assert diff.max().item() <= step * (1 + 1e-5) + 1e-7, i
         assert (diff > 1e-6 * max(step, 1e-6)).float().mean().item() <= 0.01, i  # rare ties only
+
+
+def test_hybrid_fp8_errors_use_their_own_format() -> None:
+    """E4M3 forward, E5M2 errors: the error reaching a layer lies on the E5M2 grid, and small
+    errors (1e-4, below E4M3's smallest subnormal 2^-9) survive instead of flushing to 0."""
+    from cprec.config import QuantConfig
+    from cprec.quant import FORMATS, build_quantized, format_bits
+    from cprec.quant.floatfmt import quantize_float
+
+    cfg = QuantConfig(format="float", exp_bits=4, man_bits=3, has_inf=False, error_exp_bits=5,
+                      error_man_bits=2)
+    assert format_bits(cfg) == (8, 8)
+    layer, _ = build_quantized(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)), cfg, seed=0)
+    set_precision(layer, 8, 8)
+    seen = {}
+    x = torch.randn(16, 8)
+    out = layer[0](x)
+    out.register_hook(lambda g: seen.setdefault("g", g))  # runs after the quantizing hook
+    (out * 1e-4).sum().backward()
+    g = seen["g"]
+    assert torch.equal(quantize_float(g, FORMATS["fp8_e5m2"]), g)
+    assert (g != 0).float().mean() > 0.9  # E4M3 rounding would leave ~5% of them non-zero
+
+
+def test_error_format_needs_both_widths() -> None:
+    from cprec.config import TrainConfig, validate
+    from cprec.errors import ConfigError
+
+    cfg = TrainConfig()
+    cfg.quant.error_exp_bits = 5
+    with pytest.raises(ConfigError, match="together"):
+        validate(cfg)

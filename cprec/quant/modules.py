@@ -29,6 +29,7 @@ class QuantSpec:
     """How a layer quantizes, whatever its bits are (from the ``quant`` config group)."""
 
     float_format: FloatFormat | None = None  # None = fixed point
+    error_format: FloatFormat | None = None  # float errors; None = same as float_format
     rounding: str = "nearest"  # float formats: weights and activations
     overflow: str = "saturate"
     quantize_errors: bool = True
@@ -89,8 +90,8 @@ class QuantMixin:
     def set_extra_state(self, state: dict) -> None:
         self.act_seen = bool(state["act_seen"])
 
-    def _float_quantizer(self, rounding: str):
-        fmt, overflow = self.spec.float_format, self.spec.overflow
+    def _float_quantizer(self, rounding: str, fmt: FloatFormat):
+        overflow = self.spec.overflow
 
         def quantize(t: torch.Tensor, bits: int, key: torch.Tensor | None) -> torch.Tensor:
             return quantize_float(t, fmt, rounding, overflow, key)
@@ -102,7 +103,7 @@ class QuantMixin:
             return x, weight
         if self.spec.float_format is None:
             return self._fixed_activation(x), quantize_weight(weight, self.fw_bits)
-        q = self._float_quantizer(self.spec.rounding)
+        q = self._float_quantizer(self.spec.rounding, self.spec.float_format)
         # independent noise for the activation and the weight (one key each)
         stochastic = self.spec.rounding == "stochastic"
         key_x = self.rng.next_key(x.device) if stochastic else None
@@ -115,7 +116,8 @@ class QuantMixin:
         keys = self.rng.next_key
         if self.spec.float_format is None:
             return quantize_error(out, self.bw_bits, keys, stochastic_round_tensor)
-        return quantize_error(out, self.bw_bits, keys, self._float_quantizer("stochastic"))
+        fmt = self.spec.error_format or self.spec.float_format
+        return quantize_error(out, self.bw_bits, keys, self._float_quantizer("stochastic", fmt))
 
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

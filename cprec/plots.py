@@ -5,7 +5,6 @@ Uses matplotlib's Figure API directly (no pyplot): no global state, no display n
 
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from pathlib import Path
@@ -15,6 +14,8 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from cprec.runs import read_metrics
 
 MAX_CURVE_POINTS = 20000  # schedule samples per run plot; plenty for 32 cycles
 
@@ -100,9 +101,7 @@ def schedule_curve(run_dir: Path, summary: dict) -> tuple[list[int], list[int], 
 
 def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
     """Bits (top) and accuracy (bottom) over training steps for one run; False if no data."""
-    metrics_path = run_dir / "metrics.jsonl"
-    records = ([json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-               if metrics_path.exists() else [])
+    records = read_metrics(run_dir)
     if not records:
         return False
     try:

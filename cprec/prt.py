@@ -25,7 +25,7 @@ def hydra_main(cfg: DictConfig) -> None:
         print(format_curve(result))
         print(f"bounds {result['lower_bits']}..{result['upper_bits']} bits "
               f"({result['steps']} steps, {result['gbitops']:.4g} GBitOPs) -> {result['path']}")
-        return {"status": "completed", **result}
+        return result
 
     def failed(message: str) -> None:
         from cprec.runs import write_json
@@ -41,4 +41,4 @@ def main_cli(argv: list[str]) -> int:
     check_writable(argv)
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
-    return 0 if sweep is None else finish_sweep(sweep)
+    return finish_sweep(sweep, "prt.json")

@@ -91,8 +91,8 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
                          f"prt.threshold or raise prt.steps_per_bits")
     if upper is None:  # auto upper bound still rising at max_bits
         upper = curve[-1]["bits"]
-    result = {"model": cfg.model.name, "dataset": cfg.dataset.name, "lower_bits": lower,
-              "upper_bits": upper, "threshold": p.threshold,
+    result = {"status": "completed", "model": cfg.model.name, "dataset": cfg.dataset.name,
+              "lower_bits": lower, "upper_bits": upper, "threshold": p.threshold,
               "steps": sum(r["steps"] for r in curve), "gbitops": ledger.gbitops,
               "bw_bits": bw, "batch_size": stream.batch_size, "seed": cfg.seed, "curve": curve}
     runs.write_json(out_dir / "prt.json", result)

@@ -1,4 +1,7 @@
-"""Run-directory I/O (DESIGN.md contract): metrics, summary, checkpoints, all crash-safe."""
+"""Run-directory I/O (DESIGN.md contract): metrics, summary, checkpoints, all crash-safe.
+
+Torch is imported only by the checkpoint functions, so `cprec report` can use the rest.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import torch
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -41,6 +42,8 @@ def read_json(path: Path) -> Any:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic torch.save (temp file + rename)."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -53,6 +56,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=False)
 
 

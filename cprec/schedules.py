@@ -146,12 +146,16 @@ class PrecisionScheduler:
 
 def relative_cost_of(schedule: PrecisionSchedule, macs: dict[str, int],
                      quantized: set[str]) -> float:
-    """Relative training cost of a whole schedule (equal batches), without training."""
-    from cprec.cost import FULL_PRECISION_BITOPS
+    """Relative training cost of a whole schedule (equal batches), without training.
 
-    total = 0
-    for t in range(schedule.total_steps):
-        a, g = schedule.bits_at(t)
-        total += sum(m * ((a * a + 2 * a * g) if n in quantized else FULL_PRECISION_BITOPS)
-                     for n, m in macs.items())
-    return total / (schedule.total_steps * sum(macs.values()) * FULL_PRECISION_BITOPS)
+    The steps are counted per distinct (forward, backward) pair and priced by the same
+    ledger a real run uses; layers outside ``quantized`` count 32/32.
+    """
+    from collections import Counter
+
+    from cprec.cost import CostLedger
+
+    ledger = CostLedger(macs)
+    for (a, g), steps in Counter(map(schedule.bits_at, range(schedule.total_steps))).items():
+        ledger.add({n: ((a, g) if n in quantized else (32, 32)) for n in macs}, steps)
+    return ledger.relative_cost

@@ -145,24 +145,24 @@ def pin_sweep_dir(argv: list[str], job: str) -> tuple[list[str], Path | None]:
     return [*argv, f"hydra.sweep.dir={sweep}"], sweep
 
 
-def sweep_failures(sweep_dir: Path) -> list[str]:
-    """Jobs of a sweep whose summary is missing or not 'completed'."""
+def sweep_failures(sweep_dir: Path, result_file: str = "summary.json") -> list[str]:
+    """Jobs of a sweep whose result file is missing or whose status is not 'completed'."""
     import json
 
     bad = []
     for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()):
-        summary = job_dir / "summary.json"
+        summary = job_dir / result_file
         status = json.loads(summary.read_text()).get("status") if summary.exists() else "missing"
         if status != "completed":
             bad.append(f"{job_dir.name}: {status}")
     return bad
 
 
-def finish_sweep(sweep_dir: Path | None) -> int:
+def finish_sweep(sweep_dir: Path | None, result_file: str = "summary.json") -> int:
     """Exit code of a sweep: 1 if any job failed or diverged (the others still ran)."""
     if sweep_dir is None or not sweep_dir.is_dir():
         return 0
-    bad = sweep_failures(sweep_dir)
+    bad = sweep_failures(sweep_dir, result_file)
     if bad:
         fail_line(f"{len(bad)} job(s) of the sweep in {sweep_dir} did not complete: "
                   + "; ".join(bad))

@@ -81,3 +81,13 @@ def test_schedule_preview_writes_plot(tmp_path: Path) -> None:
     assert result["total_steps"] == 64000 and (result["bits_fw_min"], result["bits_fw_max"]) == (3, 8)
     assert 0 < result["relative_cost"] < 0.07
     assert (preview.parent / "schedule.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_prt_sweep_exit_code_reads_prt_results(tmp_path: Path) -> None:
+    """A PRT sweep is judged by each job's prt.json (PRT jobs write no summary.json)."""
+    out = run_cli(["prt", "-m", "model=mlp", "seed=0,1", "trainer.progress=false"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = sorted((tmp_path / "outputs" / "prt-multirun").rglob("prt.json"))
+    assert len(results) == 2
+    assert all(json.loads(p.read_text())["status"] == "completed" for p in results)

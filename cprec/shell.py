@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from cprec.errors import CprecError
+from cprec.memory import keep_freed_memory
 
 log = logging.getLogger("cprec")
 HYDRA_FILES = {".hydra", "train.log", "prt.log", "schedule.log"}
@@ -85,6 +86,7 @@ def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str]
     recorded the same way; a single run then re-raises it (a bug deserves its traceback).
     """
     out_dir = output_dir()
+    keep_freed_memory()
     try:
         result = task(out_dir)
     except CprecError as e:

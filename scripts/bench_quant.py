@@ -9,7 +9,8 @@ result is the median over rounds of the per-round ratio quantized / fp32
 (DESIGN.md's target: <= 1.10 on CPU).
 
     python scripts/bench_quant.py [--rounds 7] [--steps-per-round 5] [--batch 128]
-                                  [--no-compile] [--device auto|cpu|cuda] [--baseline same|plain]
+                                  [--no-compile] [--default-malloc] [--device auto|cpu|cuda]
+                                  [--baseline same|plain]
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from torch import nn
 
 from cprec.config import ModelConfig, QuantConfig
 from cprec.data import DatasetInfo
+from cprec.memory import keep_freed_memory
 from cprec.models import build_model
-from cprec.quant import build_quantized, kernels, set_precision
+from cprec.quant import build_quantized, kernels, native, set_precision
 
 
 def pick(device: str) -> torch.device:
@@ -69,7 +71,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--bits", type=int, default=8, help="static forward = backward bits")
     ap.add_argument("--no-compile", action="store_true",
-                    help="run the quantization kernels eagerly (cprec.quant.kernels.set_compile)")
+                    help="run the quantization kernels as torch ops (kernels.set_compile(False))")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (cprec train tunes it: cprec.memory)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--baseline", default="same", choices=["same", "plain"],
                     help="fp32 = the same model at 32/32, or a separate unquantized model")
@@ -79,10 +83,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     kernels.set_compile(not args.no_compile)
+    malloc = "default" if args.default_malloc or not keep_freed_memory() else "tuned"
     device = pick(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.no_compile:
+        backend = "torch ops"
+    elif device.type == "cpu" and native.library() is not None:
+        backend = "native C"
+    else:
+        backend = "torch.compile"
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"kernels {'eager' if args.no_compile else 'torch.compile'}, batch {args.batch}, "
+          f"kernels {backend}, malloc {malloc}, batch {args.batch}, "
           f"ResNet-20 {args.bits}/{args.bits} vs fp32 ({args.baseline} model)")
 
     torch.manual_seed(0)
@@ -100,7 +111,7 @@ def main() -> None:
         fp32_step = make_step(model, x, y, lambda: set_precision(model, 32, 32))
 
     start = time.perf_counter()
-    timed(quant_step, args.warmup, sync)  # first call compiles the kernels
+    timed(quant_step, args.warmup, sync)  # first call builds or compiles the kernels
     timed(fp32_step, args.warmup, sync)
     print(f"warm-up {time.perf_counter() - start:.1f} s"
           + (" (torch.compile failed: eager kernels)" if kernels._failed else ""))

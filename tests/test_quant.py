@@ -437,45 +437,138 @@ def test_seeded_training_is_bitwise_reproducible() -> None:
     assert any(not torch.equal(a[k], c[k]) for k in a if k.endswith("weight"))
 
 
-# -- compiled kernels ----------------------------------------------------------------------
-@pytest.mark.slow
-def test_compiled_kernels_match_eager() -> None:
-    """torch.compile'd kernels give the eager results (bitwise, or one step apart on rare ties)."""
+def test_quantize_inputs_is_activation_and_weight_at_once() -> None:
+    """One call for a layer's inputs: bitwise the separate quantizers, straight-through
+    gradients into both, the batch range (or the given one) returned."""
+    from cprec.quant.fixed import quantize_inputs
+
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 3, 6, 6, generator=gen) + 0.3).requires_grad_()
+    w = torch.randn(5, 3, 3, 3, generator=gen).requires_grad_()
+    xq, wq, lo, hi = quantize_inputs(x, w, 4)
+    ref_x, ref_lo, ref_hi = quantize_activation(x, 4)
+    assert torch.equal(xq, ref_x) and torch.equal(wq, quantize_weight(w, 4))
+    assert (lo.item(), hi.item()) == (ref_lo.item(), ref_hi.item()) == (x.min().item(), x.max().item())
+    gx, gw = torch.randn(xq.shape, generator=gen), torch.randn(wq.shape, generator=gen)
+    torch.autograd.backward([xq, wq], [gx, gw])
+    assert torch.equal(x.grad, gx) and torch.equal(w.grad, gw)
+    a, b = torch.tensor(-0.5), torch.tensor(1.0)
+    xq2, wq2, lo2, hi2 = quantize_inputs(x, w, 4, a, b)
+    assert torch.equal(xq2, quantize_activation(x, 4, a, b)) and lo2 is a and hi2 is b
+    full_x, full_w, _, _ = quantize_inputs(x, w, 32)
+    assert full_x is x and full_w is w
+
+
+def test_layers_reading_one_tensor_share_its_quantization() -> None:
+    """A ResNet stage's conv1 and 1x1 shortcut read the same x: quantized once (same
+    storage), same values as quantized alone; an in-place change of x is seen."""
+    from cprec.quant.fixed import quantize_inputs
+
+    x = torch.randn(2, 3, 5, 5).requires_grad_()
+    w1, w2 = torch.randn(4, 3, 3, 3), torch.randn(4, 3, 1, 1)
+    a, _, _, _ = quantize_inputs(x, w1, 4)
+    b, wq2, _, _ = quantize_inputs(x, w2, 4)
+    assert a.data_ptr() == b.data_ptr() and torch.equal(wq2, quantize_weight(w2, 4))
+    assert quantize_inputs(x, w2, 6)[0].data_ptr() != a.data_ptr()  # other bits: not shared
+    y = x.detach().clone()
+    first = quantize_inputs(y, w1, 4)[0].clone()
+    y.mul_(3.0)
+    again = quantize_inputs(y, w2, 4)[0]
+    assert torch.equal(again, quantize_activation(y, 4)[0]) and not torch.equal(again, first)
+
+
+# -- fast kernels ---------------------------------------------------------------------------
+def kernel_cases() -> list[tuple[str, tuple]]:
+    """Every kernel on shapes with ragged tails, at several widths, NaN input included."""
     gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, 7, 9, generator=gen) * 3 + 0.5
+    big = torch.randn(70001, generator=gen)  # above the C kernels' one-thread limit
     w = torch.randn(16, 3, 3, 3, generator=gen)
     w2d = torch.randn(10, 33, generator=gen)  # a Linear weight
-    x = torch.randn(4, 8, 7, 9, generator=gen) * 3 + 0.5
-    g = torch.randn(3, 5, 11, generator=gen)
+    with_nan = x.clone()
+    with_nan[1, 2, 3, 4] = float("nan")
     lo, hi = torch.tensor(-1.5), torch.tensor(2.5)
+    cases = []
+    for bits in (1, 2, 4, 8, 16):
+        lv = torch.tensor(float(2**bits - 1))
+        for key in keys(2, seed=bits):
+            cases += [("quant_stochastic", (t, key, lv)) for t in (x, big, with_nan)]
+        cases += [("quant_tensor_batch_range", (t, lv)) for t in (x, big, with_nan)]
+        cases += [("quant_tensor_given_range", (t, lo, hi, lv)) for t in (x, big)]
+        cases += [("quant_per_channel", (t, lv)) for t in (w, w2d)]
+        cases += [("quant_inputs_batch_range", (x, w, lv)),
+                  ("quant_inputs_given_range", (big, w2d, lo, hi, lv))]
+    return cases
 
-    def run_all() -> list[tuple[torch.Tensor, float]]:
-        out = []
-        for bits in (2, 4, 8):
-            for weight in (w, w2d):
-                steps = [zero_exact_step(weight[c].min().item(), weight[c].max().item(), bits)
-                         for c in range(weight.shape[0])]
-                out.append((quantize_weight(weight, bits), max(steps)))
-            q, qlo, qhi = quantize_activation(x, bits)
-            step = zero_exact_step(x.min().item(), x.max().item(), bits)
-            out += [(q, step), (qlo, 0.0), (qhi, 0.0)]
-            out.append((quantize_activation(x, bits, lo, hi), zero_exact_step(-1.5, 2.5, bits)))
-            for key in keys(3):
-                out.append((stochastic_round_tensor(g, bits, key),
-                            (g.max() - g.min()).item() / (2**bits - 1)))
-        return out
 
-    eager = run_all()
+def test_native_kernels_match_torch_ops_bitwise() -> None:
+    """The C kernels (CPU training's path) return exactly what the torch functions return:
+    every output (scales and zero points too), every width, NaN propagated."""
+    from cprec.quant import native
+
+    if native.library() is None:
+        pytest.skip("no C compiler on this machine: CPU kernels run as torch ops")
+    for name, args in kernel_cases():
+        ref, fast = getattr(kernels, name)(*args), native.KERNELS[name](*args)
+        assert len(ref) == len(fast), name
+        for i, (a, b) in enumerate(zip(ref, fast)):
+            assert a.shape == b.shape, (name, i)
+            assert torch.equal(a.isnan(), b.isnan()), (name, i)
+            assert torch.equal(a.nan_to_num(), b.nan_to_num()), (name, i, (a - b).abs().max())
+
+
+def test_kernel_dispatch_sends_only_what_c_takes() -> None:
+    """Non-contiguous or non-float32 tensors stay with torch, with the same results."""
+    from cprec.quant import native
+
+    x = torch.randn(8, 6, 5, 5)
+    lv = torch.tensor(255.0)
+    assert native.accepts(x, lv) and native.accepts(x, torch.tensor(3, dtype=torch.int32), lv)
+    channels_last = x.to(memory_format=torch.channels_last)
+    assert not native.accepts(channels_last, lv) and not native.accepts(x.double(), lv)
     kernels.set_compile(True)
     try:
-        compiled = run_all()
-        if kernels._failed:
-            pytest.skip("torch.compile is unavailable on this machine")
+        q = kernels.kernel(kernels.quant_tensor_batch_range)(channels_last, lv)[0]
     finally:
         kernels.set_compile(False)
-    for i, ((a, step), (b, _)) in enumerate(zip(eager, compiled)):
-        diff = (a - b).abs()
-        assert diff.max().item() <= step * (1 + 1e-5) + 1e-7, i
-        assert (diff > 1e-6 * max(step, 1e-6)).float().mean().item() <= 0.01, i  # rare ties only
+    assert torch.equal(q, kernels.quant_tensor_batch_range(x, lv)[0])
+
+
+def test_native_build_failure_falls_back_to_torch_ops(monkeypatch, tmp_path, caplog) -> None:
+    """A compiler that fails leaves one warning and torch-op kernels with the same results."""
+    from cprec.quant import native
+
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("CC", "false")  # exits 1 whatever it is given
+    monkeypatch.setenv("CPREC_CACHE_DIR", str(tmp_path))
+    with caplog.at_level("WARNING"):
+        assert native.library() is None
+    assert "native quantization kernels unavailable" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+    g, lv = torch.randn(3, 5, 11), torch.tensor(15.0)
+    key = keys(1)[0]
+    kernels.set_compile(True)
+    try:
+        q = kernels.kernel(kernels.quant_stochastic)(g, key, lv)[0]
+    finally:
+        kernels.set_compile(False)
+    assert torch.equal(q, kernels.quant_stochastic(g, key, lv)[0])
+
+
+def test_native_build_goes_to_temp_dir_when_cache_is_unwritable(monkeypatch, tmp_path) -> None:
+    from cprec.quant import native
+
+    if native.library() is None:
+        pytest.skip("no C compiler on this machine")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("CPREC_CACHE_DIR", str(blocker / "cache"))  # a dir under a file
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    assert native.library() is not None
+    assert [p.suffix for p in (tmp_path / "tmp" / "cprec").iterdir()] == [".so"]
 
 
 def test_hybrid_fp8_errors_use_their_own_format() -> None:

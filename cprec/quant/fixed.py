@@ -7,17 +7,19 @@
 - Errors (gradients w.r.t. a layer's output): per-tensor min..max grid starting at the
   minimum (CPT's grid), stochastic rounding, exactly unbiased for every element.
 Both straight-through estimators are the identity, so quantization adds no backward pass
-beyond the error rounding itself. The math lives in kernels.py (one compiled graph each).
+beyond the error rounding itself. The math lives in kernels.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
 
 import torch
 
 from cprec.quant.kernels import (
     kernel,
+    quant_inputs_batch_range,
+    quant_inputs_given_range,
     quant_per_channel,
     quant_stochastic,
     quant_tensor_batch_range,
@@ -41,27 +43,26 @@ def levels_tensor(bits: int, device: torch.device) -> torch.Tensor:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: ``quantize(x, *args)`` (first output); backward: identity into x."""
+    """``apply(x1, .., xn, q1, .., qn)``: forward the already quantized q's, backward the
+    identity into the x's (the straight-through estimator). One node for all of a layer's
+    quantized inputs; nothing is saved for backward."""
 
     @staticmethod
-    def forward(ctx, x, quantize, *args):
-        out = quantize(x.detach(), *args)
-        return out if isinstance(out, torch.Tensor) else out[0]
+    def forward(ctx, *tensors):
+        quantized = tensors[len(tensors) // 2:]
+        return quantized if len(quantized) > 1 else quantized[0]
 
     @staticmethod
-    def backward(ctx, grad):
-        return (grad, None) + (None,) * 8
-
-
-def _apply_ste(x: torch.Tensor, quantize: Callable, *args) -> torch.Tensor:
-    return _StraightThrough.apply(x, quantize, *args)
+    def backward(ctx, *grads):
+        return grads + (None,) * len(grads)
 
 
 def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-output-channel range, round to nearest, straight-through gradient."""
     if bits >= 32:
         return w
-    return _apply_ste(w, kernel(quant_per_channel), levels_tensor(bits, w.device))
+    q = kernel(quant_per_channel)(w.detach(), levels_tensor(bits, w.device))[0]
+    return _StraightThrough.apply(w, q)
 
 
 def quantize_activation(x: torch.Tensor, bits: int, lo: torch.Tensor | None = None,
@@ -77,10 +78,58 @@ def quantize_activation(x: torch.Tensor, bits: int, lo: torch.Tensor | None = No
             return x, lo, hi
         q, lo, hi, _, _ = kernel(quant_tensor_batch_range)(x.detach(),
                                                            levels_tensor(bits, x.device))
-        return _apply_ste(x, lambda _x, q: q, q), lo, hi
+        return _StraightThrough.apply(x, q), lo, hi
     if bits >= 32:
         return x
-    return _apply_ste(x, kernel(quant_tensor_given_range), lo, hi, levels_tensor(bits, x.device))
+    q = kernel(quant_tensor_given_range)(x.detach(), lo, hi, levels_tensor(bits, x.device))[0]
+    return _StraightThrough.apply(x, q)
+
+
+class _LastBatchInput:
+    """The last activation quantized on its batch range, for the next layer reading the same
+    tensor: its quantization is the same, so it is computed (and kept for backward) once.
+    A weak reference and the version counter make sure it is the very same, unmodified x."""
+
+    entry: tuple = (lambda: None, -1, 0, None)
+
+    @classmethod
+    def get(cls, x: torch.Tensor, bits: int):
+        ref, version, entry_bits, result = cls.entry
+        if ref() is x and version == x._version and entry_bits == bits:
+            return result
+        return None
+
+    @classmethod
+    def put(cls, x: torch.Tensor, bits: int, result: tuple) -> None:
+        cls.entry = (weakref.ref(x), x._version, bits, result)
+
+
+def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,
+                    lo: torch.Tensor | None = None, hi: torch.Tensor | None = None):
+    """A layer's activation and weight at once, as ``quantize_activation`` and
+    ``quantize_weight`` would (bitwise the same), in one kernel call and one autograd node.
+
+    Returns ``(x_q, w_q, lo, hi)``: the batch range when none is given, else the given one.
+    """
+    if bits >= 32:
+        if lo is None:
+            lo, hi = torch.aminmax(x.detach())
+        return x, w, lo, hi
+    levels = levels_tensor(bits, x.device)
+    if lo is None:
+        shared = _LastBatchInput.get(x, bits)
+        if shared is not None:  # e.g. a ResNet block's conv1 and 1x1 shortcut: one pass
+            xq, lo, hi = shared
+            wq = kernel(quant_per_channel)(w.detach(), levels)[0]
+        else:
+            xq, lo, hi, _, _, wq, _, _ = kernel(quant_inputs_batch_range)(x.detach(),
+                                                                           w.detach(), levels)
+            _LastBatchInput.put(x, bits, (xq, lo, hi))
+    else:
+        xq, _, _, wq, _, _ = kernel(quant_inputs_given_range)(x.detach(), w.detach(), lo, hi,
+                                                               levels)
+    xq, wq = _StraightThrough.apply(x, w, xq, wq)
+    return xq, wq, lo, hi
 
 
 def stochastic_round_tensor(g: torch.Tensor, bits: int, key: torch.Tensor) -> torch.Tensor:

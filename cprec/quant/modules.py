@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.quant.fixed import (
-    quantize_activation,
     quantize_error,
-    quantize_weight,
+    quantize_inputs,
     stochastic_round_tensor,
 )
 from cprec.quant.floatfmt import FloatFormat, quantize_float
@@ -71,18 +70,19 @@ class QuantMixin:
         self.register_buffer("act_hi", torch.zeros((), device=device))
         self.act_seen = False  # python flag: no device sync in forward
 
-    def _fixed_activation(self, x: torch.Tensor) -> torch.Tensor:
+    def _fixed_inputs(self, x: torch.Tensor, weight: torch.Tensor):
+        bits = self.fw_bits
         if self.training:
-            q, lo, hi = quantize_activation(x, self.fw_bits)
+            xq, wq, lo, hi = quantize_inputs(x, weight, bits)
             with torch.no_grad():  # EMA of the range, used at eval; the first batch initializes
-                weight = 1.0 - self.spec.act_momentum if self.act_seen else 1.0
-                self.act_lo.lerp_(lo, weight)
-                self.act_hi.lerp_(hi, weight)
+                ema_weight = 1.0 - self.spec.act_momentum if self.act_seen else 1.0
+                self.act_lo.lerp_(lo, ema_weight)
+                self.act_hi.lerp_(hi, ema_weight)
                 self.act_seen = True
-            return q
+            return xq, wq
         if self.act_seen:
-            return quantize_activation(x, self.fw_bits, self.act_lo, self.act_hi)
-        return quantize_activation(x, self.fw_bits)[0]
+            return quantize_inputs(x, weight, bits, self.act_lo, self.act_hi)[:2]
+        return quantize_inputs(x, weight, bits)[:2]
 
     def get_extra_state(self) -> dict:
         return {"act_seen": self.act_seen}
@@ -102,7 +102,7 @@ class QuantMixin:
         if self.fw_bits >= FULL:
             return x, weight
         if self.spec.float_format is None:
-            return self._fixed_activation(x), quantize_weight(weight, self.fw_bits)
+            return self._fixed_inputs(x, weight)
         q = self._float_quantizer(self.spec.rounding, self.spec.float_format)
         # independent noise for the activation and the weight (one key each)
         stochastic = self.spec.rounding == "stochastic"

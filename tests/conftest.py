@@ -18,7 +18,7 @@ FAST = ["model=mlp", "trainer.steps=24", "trainer.eval_every=12", "trainer.progr
 
 def run_cli(args: list[str], cwd: Path, compile_kernels: bool = False, timeout: int = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
-    """`cprec <args>` in a subprocess; kernel compilation off unless asked (saves ~10 s)."""
+    """`cprec <args>` in a subprocess; quantization kernels as torch ops unless asked."""
     full_env = {**os.environ, "CPREC_COMPILE": "1" if compile_kernels else "0", **(env or {})}
     full_env.pop("CPREC_OUTPUT_ROOT", None)
     return subprocess.run([sys.executable, "-m", "cprec.cli", *args], cwd=cwd, env=full_env,

@@ -9,6 +9,7 @@ k * step with step = (max(hi, 0) - min(lo, 0)) / (2^b - 1), within half a step o
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -475,6 +476,9 @@ def test_layers_reading_one_tensor_share_its_quantization() -> None:
     y.mul_(3.0)
     again = quantize_inputs(y, w2, 4)[0]
     assert torch.equal(again, quantize_activation(y, 4)[0]) and not torch.equal(again, first)
+    with torch.inference_mode():  # no version counter: computed, never shared
+        z = torch.randn(2, 3, 5, 5)
+        assert quantize_inputs(z, w1, 4)[0].data_ptr() != quantize_inputs(z, w2, 4)[0].data_ptr()
 
 
 # -- fast kernels ---------------------------------------------------------------------------
@@ -485,17 +489,22 @@ def kernel_cases() -> list[tuple[str, tuple]]:
     big = torch.randn(70001, generator=gen)  # above the C kernels' one-thread limit
     w = torch.randn(16, 3, 3, 3, generator=gen)
     w2d = torch.randn(10, 33, generator=gen)  # a Linear weight
-    with_nan = x.clone()
+    with_nan, with_inf = x.clone(), x.clone()
     with_nan[1, 2, 3, 4] = float("nan")
+    with_inf[0, 1, 2, 3] = float("inf")
+    signed_zeros = torch.tensor([-0.0, 0.0, 1.0, -0.0] * 5).view(4, 5)
+    wide = torch.randn(64, 64, 3, 3, generator=gen)  # per-channel work over the thread limit
     lo, hi = torch.tensor(-1.5), torch.tensor(2.5)
     cases = []
     for bits in (1, 2, 4, 8, 16):
         lv = torch.tensor(float(2**bits - 1))
         for key in keys(2, seed=bits):
-            cases += [("quant_stochastic", (t, key, lv)) for t in (x, big, with_nan)]
-        cases += [("quant_tensor_batch_range", (t, lv)) for t in (x, big, with_nan)]
-        cases += [("quant_tensor_given_range", (t, lo, hi, lv)) for t in (x, big)]
-        cases += [("quant_per_channel", (t, lv)) for t in (w, w2d)]
+            cases += [("quant_stochastic", (t, key, lv))
+                      for t in (x, big, with_nan, with_inf, signed_zeros)]
+        cases += [("quant_tensor_batch_range", (t, lv))
+                  for t in (x, big, with_nan, with_inf, signed_zeros)]
+        cases += [("quant_tensor_given_range", (t, lo, hi, lv)) for t in (x, big, with_inf)]
+        cases += [("quant_per_channel", (t, lv)) for t in (w, w2d, wide, signed_zeros)]
         cases += [("quant_inputs_batch_range", (x, w, lv)),
                   ("quant_inputs_given_range", (big, w2d, lo, hi, lv))]
     return cases
@@ -503,7 +512,9 @@ def kernel_cases() -> list[tuple[str, tuple]]:
 
 def test_native_kernels_match_torch_ops_bitwise() -> None:
     """The C kernels (CPU training's path) return exactly what the torch functions return:
-    every output (scales and zero points too), every width, NaN propagated."""
+    every output (scales and zero points too), every width, NaN and inf propagated alike.
+    Exactly = bitwise, except that a range bound of zero may carry the other sign (which
+    of -0.0 and 0.0 is the minimum depends on the reduction order) with the same results."""
     from cprec.quant import native
 
     if native.library() is None:
@@ -517,25 +528,54 @@ def test_native_kernels_match_torch_ops_bitwise() -> None:
             assert torch.equal(a.nan_to_num(), b.nan_to_num()), (name, i, (a - b).abs().max())
 
 
-def test_kernel_dispatch_sends_only_what_c_takes() -> None:
-    """Non-contiguous or non-float32 tensors stay with torch, with the same results."""
+@pytest.fixture()
+def dispatch_spies(monkeypatch):
+    """Compilation on, with spies in place of the C kernel and of torch.compile: which path
+    ran is recorded (the spies compute with the torch functions)."""
     from cprec.quant import native
 
-    x = torch.randn(8, 6, 5, 5)
-    lv = torch.tensor(255.0)
-    assert native.accepts(x, lv) and native.accepts(x, torch.tensor(3, dtype=torch.int32), lv)
-    channels_last = x.to(memory_format=torch.channels_last)
-    assert not native.accepts(channels_last, lv) and not native.accepts(x.double(), lv)
+    calls: list[str] = []
+
+    def fake_compile(fn, **kwargs):
+        def compiled(*args):
+            calls.append("compile")
+            return fn(*args)
+        return compiled
+
+    def fake_native(*args):
+        calls.append("native")
+        return kernels.quant_tensor_batch_range(*args)
+
+    monkeypatch.setattr(kernels, "_fast", {})
+    monkeypatch.setattr(kernels, "_failed", False)
+    monkeypatch.setattr(kernels.torch, "compile", fake_compile)
+    monkeypatch.setitem(native.KERNELS, "quant_tensor_batch_range", fake_native)
     kernels.set_compile(True)
-    try:
-        q = kernels.kernel(kernels.quant_tensor_batch_range)(channels_last, lv)[0]
-    finally:
-        kernels.set_compile(False)
-    assert torch.equal(q, kernels.quant_tensor_batch_range(x, lv)[0])
+    yield calls
+    kernels.set_compile(False)
 
 
-def test_native_build_failure_falls_back_to_torch_ops(monkeypatch, tmp_path, caplog) -> None:
-    """A compiler that fails leaves one warning and torch-op kernels with the same results."""
+def test_kernel_dispatch_sends_only_what_c_takes(dispatch_spies) -> None:
+    """Contiguous float32 CPU tensors go to C; channels-last, float64 or empty ones to
+    torch.compile; with compilation off, straight to the torch ops."""
+    from cprec.quant import native
+
+    if native.library() is None:
+        pytest.skip("no C compiler on this machine")
+    x, lv = torch.randn(8, 6, 5, 5), torch.tensor(255.0)
+    run = kernels.kernel(kernels.quant_tensor_batch_range)
+    run(x, lv)
+    assert dispatch_spies == ["native"]
+    for other in (x.to(memory_format=torch.channels_last), x.double()):
+        run(other, lv.to(other.dtype))
+    assert dispatch_spies == ["native"] + ["compile"] * 2
+    assert not native.accepts(torch.empty(0, 3), lv)  # torch's own error, not C's garbage
+    kernels.set_compile(False)
+    assert kernels.kernel(kernels.quant_tensor_batch_range) is kernels.quant_tensor_batch_range
+
+
+def test_native_build_failure_falls_back(monkeypatch, tmp_path, caplog, dispatch_spies) -> None:
+    """A compiler that fails: one warning, nothing left in the cache, kernels via torch."""
     from cprec.quant import native
 
     monkeypatch.setattr(native, "_lib", None)
@@ -546,14 +586,24 @@ def test_native_build_failure_falls_back_to_torch_ops(monkeypatch, tmp_path, cap
         assert native.library() is None
     assert "native quantization kernels unavailable" in caplog.text
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
-    g, lv = torch.randn(3, 5, 11), torch.tensor(15.0)
-    key = keys(1)[0]
-    kernels.set_compile(True)
+    kernels.kernel(kernels.quant_tensor_batch_range)(torch.randn(3, 5), torch.tensor(15.0))
+    assert dispatch_spies == ["compile"]
+
+
+def test_native_kernels_ignore_the_default_dtype() -> None:
+    """Range outputs are float32 buffers even when torch's default dtype is not."""
+    from cprec.quant import native
+
+    if native.library() is None:
+        pytest.skip("no C compiler on this machine")
+    x, lv = torch.randn(4, 100), torch.tensor(15.0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
     try:
-        q = kernels.kernel(kernels.quant_stochastic)(g, key, lv)[0]
+        out = native.quant_tensor_batch_range(x, lv)
     finally:
-        kernels.set_compile(False)
-    assert torch.equal(q, kernels.quant_stochastic(g, key, lv)[0])
+        torch.set_default_dtype(old)
+    assert (out[1].item(), out[2].item()) == (x.min().item(), x.max().item())
 
 
 def test_native_build_goes_to_temp_dir_when_cache_is_unwritable(monkeypatch, tmp_path) -> None:
@@ -568,7 +618,13 @@ def test_native_build_goes_to_temp_dir_when_cache_is_unwritable(monkeypatch, tmp
     monkeypatch.setenv("CPREC_CACHE_DIR", str(blocker / "cache"))  # a dir under a file
     monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
     assert native.library() is not None
-    assert [p.suffix for p in (tmp_path / "tmp" / "cprec").iterdir()] == [".so"]
+    private = tmp_path / "tmp" / f"cprec-{os.getuid()}"
+    assert [p.suffix for p in private.iterdir()] == [".so"]
+    assert private.stat().st_mode & 0o777 == 0o700
+    private.chmod(0o777)  # a directory others can write: its libraries are not trusted
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    assert native.library() is None
 
 
 def test_hybrid_fp8_errors_use_their_own_format() -> None:

@@ -88,12 +88,16 @@ def quantize_activation(x: torch.Tensor, bits: int, lo: torch.Tensor | None = No
 class _LastBatchInput:
     """The last activation quantized on its batch range, for the next layer reading the same
     tensor: its quantization is the same, so it is computed (and kept for backward) once.
-    A weak reference and the version counter make sure it is the very same, unmodified x."""
+    A weak reference and the version counter make sure it is the very same x, unmodified
+    (except through ``.data``, which autograd does not see either); inference-mode tensors
+    have no version counter and are never shared. Holds the last result until replaced."""
 
     entry: tuple = (lambda: None, -1, 0, None)
 
     @classmethod
     def get(cls, x: torch.Tensor, bits: int):
+        if x.is_inference():
+            return None
         ref, version, entry_bits, result = cls.entry
         if ref() is x and version == x._version and entry_bits == bits:
             return result
@@ -101,7 +105,8 @@ class _LastBatchInput:
 
     @classmethod
     def put(cls, x: torch.Tensor, bits: int, result: tuple) -> None:
-        cls.entry = (weakref.ref(x), x._version, bits, result)
+        if not x.is_inference():
+            cls.entry = (weakref.ref(x), x._version, bits, result)
 
 
 def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,

@@ -137,9 +137,10 @@ def _dispatcher(fn: Callable) -> Callable:
         try:
             return compiled(*args)
         except Exception as e:  # no compiler, unsupported backend: stay correct, just slower
+            result = fn(*args)  # raises again if the inputs are the problem, not compilation
             _failed = True
             log.warning("torch.compile unavailable for quantization kernels (%s: %s); "
                         "running them eagerly", type(e).__name__, str(e).splitlines()[0][:200])
-            return fn(*args)
+            return result
 
     return run

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -29,13 +30,15 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_kernels.c")
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=off", "-fPIC", "-shared"]
-_F, _I64, _I32, _P = ctypes.c_float, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
-SIGNATURES = {
-    "quant_tensor_batch_range": [_P, _P, _I64, _F, _P],
-    "quant_tensor_given_range": [_P, _P, _I64, _F, _F, _F, _P],
-    "quant_per_channel": [_P, _P, _I64, _I64, _F, _P, _P],
-    "quant_stochastic": [_P, _P, _I64, _F, _I32, _P],
+_F, _I64, _I32, _P, _INT = (ctypes.c_float, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p,
+                            ctypes.c_int)
+SIGNATURES = {  # the last argument of each: threads
+    "quant_tensor_batch_range": [_P, _P, _I64, _F, _P, _INT],
+    "quant_tensor_given_range": [_P, _P, _I64, _F, _F, _F, _P, _INT],
+    "quant_per_channel": [_P, _P, _I64, _I64, _F, _P, _P, _INT],
+    "quant_stochastic": [_P, _P, _I64, _F, _I32, _P, _INT],
 }
+F32 = torch.float32
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -45,6 +48,17 @@ def cache_dir() -> Path:
     if os.environ.get("CPREC_CACHE_DIR"):
         return Path(os.environ["CPREC_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cprec"
+
+
+def private_temp_dir() -> Path:
+    """A temp directory only this user can write (0700, owned by us), so no other user can
+    plant a library under the name we would load. OSError if it is not ours."""
+    path = Path(tempfile.gettempdir()) / f"cprec-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError(f"{path} is not private to this user")
+    return path
 
 
 def _cpu_id() -> str:
@@ -73,9 +87,10 @@ def _build(compiler: str, target: Path) -> None:
     os.close(fd)
     try:
         for openmp in (["-fopenmp"], []):  # e.g. Apple clang has no OpenMP: one thread then
-            cmd = [compiler, *FLAGS, *openmp, str(SOURCE), "-o", tmp]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            cmd = [*shlex.split(compiler), *FLAGS, *openmp, str(SOURCE), "-o", tmp]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if done.returncode == 0:
+                os.chmod(tmp, 0o755)  # mkstemp makes it 0600: others sharing the cache load it
                 os.replace(tmp, target)
                 return
         raise BuildError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
@@ -86,16 +101,16 @@ def _build(compiler: str, target: Path) -> None:
 
 
 def _built(compiler: str, name: str) -> Path:
-    """The library's path in the cache directory (built there if missing), or in the temp
-    directory when the cache directory is not writable."""
-    error = OSError("no directory")
-    for directory in (cache_dir(), Path(tempfile.gettempdir()) / "cprec"):
-        target = directory / name
+    """The library's path in the cache directory (built there if missing), or in a private
+    temp directory when the cache directory is not writable."""
+    error: Exception = OSError("no directory")
+    for directory in (cache_dir, private_temp_dir):
         try:
+            target = directory() / name  # cache_dir: RuntimeError if there is no home
             if not target.exists():
                 _build(compiler, target)
             return target
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             error = e
     raise error
 
@@ -110,11 +125,11 @@ def library() -> ctypes.CDLL | None:
     if compiler is None:
         log.warning("no C compiler found: quantization kernels run as torch ops (slower)")
         return None
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(),
-                                     compiler.encode(), _cpu_id().encode()])).hexdigest()[:16]
     try:
-        lib = ctypes.CDLL(str(_built(compiler, f"native-kernels-{key}.so")))
-    except (OSError, BuildError, subprocess.SubprocessError) as e:
+        key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(),
+                                         compiler.encode(), _cpu_id().encode()]))
+        lib = ctypes.CDLL(str(_built(compiler, f"native-kernels-{key.hexdigest()[:16]}.so")))
+    except (OSError, RuntimeError, BuildError, subprocess.SubprocessError) as e:
         log.warning("native quantization kernels unavailable (%s); running them as torch ops",
                     str(e)[:200])
         return None
@@ -126,10 +141,10 @@ def library() -> ctypes.CDLL | None:
 
 
 def accepts(*tensors: torch.Tensor) -> bool:
-    """The C kernels take CPU tensors, the data as contiguous float32 (the SR key is int32);
-    anything else stays with torch."""
-    return all(t.device.type == "cpu" and t.is_contiguous()
-               and (t.dtype == torch.float32 or t.dtype == torch.int32 and t.dim() == 0)
+    """The C kernels take non-empty CPU tensors, the data as contiguous float32 (the SR key
+    is int32); anything else stays with torch."""
+    return all(t.device.type == "cpu" and t.is_contiguous() and t.numel() > 0
+               and (t.dtype == F32 or t.dtype == torch.int32 and t.dim() == 0)
                for t in tensors)
 
 
@@ -138,25 +153,26 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 def quant_tensor_batch_range(x: torch.Tensor, levels: torch.Tensor):
-    out, stats = torch.empty_like(x), torch.empty(4)
-    _lib.quant_tensor_batch_range(_ptr(x), _ptr(out), x.numel(), levels.item(), _ptr(stats))
+    out, stats = torch.empty_like(x), torch.empty(4, dtype=F32)
+    _lib.quant_tensor_batch_range(_ptr(x), _ptr(out), x.numel(), levels.item(), _ptr(stats),
+                                  torch.get_num_threads())
     return (out, *stats.unbind())
 
 
 def quant_tensor_given_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                              levels: torch.Tensor):
-    out, stats = torch.empty_like(x), torch.empty(2)
+    out, stats = torch.empty_like(x), torch.empty(2, dtype=F32)
     _lib.quant_tensor_given_range(_ptr(x), _ptr(out), x.numel(), lo.item(), hi.item(),
-                                  levels.item(), _ptr(stats))
+                                  levels.item(), _ptr(stats), torch.get_num_threads())
     return (out, *stats.unbind())
 
 
 def quant_per_channel(w: torch.Tensor, levels: torch.Tensor):
     out = torch.empty_like(w)
     shape = [w.shape[0]] + [1] * (w.dim() - 1)
-    scale, zero_point = torch.empty(shape), torch.empty(shape)
+    scale, zero_point = torch.empty(shape, dtype=F32), torch.empty(shape, dtype=F32)
     _lib.quant_per_channel(_ptr(w), _ptr(out), w.shape[0], w[0].numel(), levels.item(),
-                           _ptr(scale), _ptr(zero_point))
+                           _ptr(scale), _ptr(zero_point), torch.get_num_threads())
     return out, scale, zero_point
 
 
@@ -170,9 +186,9 @@ def quant_inputs_given_range(x: torch.Tensor, w: torch.Tensor, lo: torch.Tensor,
 
 
 def quant_stochastic(g: torch.Tensor, key: torch.Tensor, levels: torch.Tensor):
-    out, stats = torch.empty_like(g), torch.empty(1)
+    out, stats = torch.empty_like(g), torch.empty(1, dtype=F32)
     _lib.quant_stochastic(_ptr(g), _ptr(out), g.numel(), levels.item(), int(key.item()),
-                          _ptr(stats))
+                          _ptr(stats), torch.get_num_threads())
     return out, stats[0]
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from cprec.config import DatasetConfig, ModelConfig, OptimConfig
 from cprec.data import BatchStream, build_dataset
 from cprec.engine import pick_device
+from cprec.memory import keep_freed_memory
 from cprec.models import build_model
 from cprec.optim import build_optimizer
 
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    keep_freed_memory()  # as `cprec train` does
     device = pick_device(args.device)
     torch.manual_seed(0)
     data = build_dataset(DatasetConfig(name="synthetic", augment=True, num_train=4096)).to(device)

@@ -481,6 +481,43 @@ def test_layers_reading_one_tensor_share_its_quantization() -> None:
         assert quantize_inputs(z, w1, 4)[0].data_ptr() != quantize_inputs(z, w2, 4)[0].data_ptr()
 
 
+@pytest.mark.parametrize("bits", [(8, 8), (4, 32), (32, 6)])
+@pytest.mark.parametrize("float_format", [False, True])
+def test_one_node_conv_equals_the_three_node_path(bits, float_format, monkeypatch) -> None:
+    """QConv2d's single autograd node (_QuantizedConv2d) gives bitwise the outputs, the
+    gradients (x, weight, bias) and the RNG use of STE + conv + error hook, for strided,
+    dilated and grouped convs, with an in-place ReLU after the layer."""
+    from cprec.quant import FORMATS, QuantSpec
+
+    spec = QuantSpec(float_format=FORMATS["fp8_e5m2"], rounding="stochastic") if float_format \
+        else QuantSpec()
+
+    def run(one_node: bool):
+        if not one_node:
+            monkeypatch.setattr(QConv2d, "_one_node_ok", lambda self, x: False)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1, dilation=1),
+                              nn.ReLU(inplace=True),
+                              nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2, bias=False),
+                              nn.ReLU(inplace=True))
+        quantize_model(model, spec, QuantRNG(7), quantize_first=True, quantize_last=True)
+        set_precision(model, *bits)
+        x = torch.randn(3, 4, 9, 9, requires_grad=True)
+        out = model(x)
+        out.pow(2).sum().backward()
+        rng = model[0].rng.state_dict()
+        node = type(model[0](x).grad_fn).__name__  # after the RNG state is taken
+        monkeypatch.undo()
+        return [out.detach(), x.grad] + [p.grad for p in model.parameters()], rng, node
+
+    fused, fused_rng, fused_node = run(True)
+    plain, plain_rng, plain_node = run(False)
+    assert fused_node == "_QuantizedConv2dBackward" and plain_node != fused_node
+    assert fused_rng == plain_rng
+    for a, b in zip(fused, plain):
+        assert torch.equal(a, b)
+
+
 # -- fast kernels ---------------------------------------------------------------------------
 def kernel_cases() -> list[tuple[str, tuple]]:
     """Every kernel on shapes with ragged tails, at several widths, NaN input included."""

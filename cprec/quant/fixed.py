@@ -42,7 +42,7 @@ def levels_tensor(bits: int, device: torch.device) -> torch.Tensor:
     return _levels_cache[key]
 
 
-class _StraightThrough(torch.autograd.Function):
+class StraightThrough(torch.autograd.Function):
     """``apply(x1, .., xn, q1, .., qn)``: forward the already quantized q's, backward the
     identity into the x's (the straight-through estimator). One node for all of a layer's
     quantized inputs; nothing is saved for backward."""
@@ -62,7 +62,7 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     if bits >= 32:
         return w
     q = kernel(quant_per_channel)(w.detach(), levels_tensor(bits, w.device))[0]
-    return _StraightThrough.apply(w, q)
+    return StraightThrough.apply(w, q)
 
 
 def quantize_activation(x: torch.Tensor, bits: int, lo: torch.Tensor | None = None,
@@ -78,11 +78,11 @@ def quantize_activation(x: torch.Tensor, bits: int, lo: torch.Tensor | None = No
             return x, lo, hi
         q, lo, hi, _, _ = kernel(quant_tensor_batch_range)(x.detach(),
                                                            levels_tensor(bits, x.device))
-        return _StraightThrough.apply(x, q), lo, hi
+        return StraightThrough.apply(x, q), lo, hi
     if bits >= 32:
         return x
     q = kernel(quant_tensor_given_range)(x.detach(), lo, hi, levels_tensor(bits, x.device))[0]
-    return _StraightThrough.apply(x, q)
+    return StraightThrough.apply(x, q)
 
 
 class _LastBatchInput:
@@ -110,16 +110,19 @@ class _LastBatchInput:
 
 
 def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,
-                    lo: torch.Tensor | None = None, hi: torch.Tensor | None = None):
+                    lo: torch.Tensor | None = None, hi: torch.Tensor | None = None,
+                    ste: bool = True):
     """A layer's activation and weight at once, as ``quantize_activation`` and
     ``quantize_weight`` would (bitwise the same), in one kernel call and one autograd node.
 
     Returns ``(x_q, w_q, lo, hi)``: the batch range when none is given, else the given one.
+    With ``ste=False`` x_q and w_q are plain tensors outside autograd, for a caller that
+    routes the gradients itself.
     """
     if bits >= 32:
         if lo is None:
             lo, hi = torch.aminmax(x.detach())
-        return x, w, lo, hi
+        return (x, w, lo, hi) if ste else (x.detach(), w.detach(), lo, hi)
     levels = levels_tensor(bits, x.device)
     if lo is None:
         shared = _LastBatchInput.get(x, bits)
@@ -133,7 +136,8 @@ def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,
     else:
         xq, _, _, wq, _, _ = kernel(quant_inputs_given_range)(x.detach(), w.detach(), lo, hi,
                                                                levels)
-    xq, wq = _StraightThrough.apply(x, w, xq, wq)
+    if ste:
+        xq, wq = StraightThrough.apply(x, w, xq, wq)
     return xq, wq, lo, hi
 
 

@@ -8,7 +8,7 @@ the order alternating from round to round so drifting machine load hits both ali
 result is the median over rounds of the per-round ratio quantized / fp32
 (DESIGN.md's target: <= 1.10 on CPU).
 
-    python scripts/bench_quant.py [--rounds 7] [--steps-per-round 5] [--batch 128]
+    python scripts/bench_quant.py [--rounds 15] [--steps-per-round 5] [--batch 128]
                                   [--no-compile] [--default-malloc] [--device auto|cpu|cuda]
                                   [--baseline same|plain]
 """
@@ -65,7 +65,7 @@ def timed(step: Callable[[], None], steps: int, sync: Callable[[], None]) -> flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--steps-per-round", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per mode first")
     ap.add_argument("--batch", type=int, default=128)

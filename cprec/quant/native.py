@@ -141,9 +141,9 @@ def library() -> ctypes.CDLL | None:
 
 
 def accepts(*tensors: torch.Tensor) -> bool:
-    """The C kernels take non-empty CPU tensors, the data as contiguous float32 (the SR key
-    is int32); anything else stays with torch."""
-    return all(t.device.type == "cpu" and t.is_contiguous() and t.numel() > 0
+    """The C kernels take non-empty CPU tensors under 2^31 elements, the data as contiguous
+    float32 (the SR key is int32); anything else stays with torch."""
+    return all(t.device.type == "cpu" and t.is_contiguous() and 0 < t.numel() < 2**31
                and (t.dtype == F32 or t.dtype == torch.int32 and t.dim() == 0)
                for t in tensors)
 

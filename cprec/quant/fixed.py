@@ -5,7 +5,7 @@
   Weight and activation ranges are widened to include 0, so 0 (ReLU zeros, padding) is
   exact; with the integer zero point every value still lands within half a step.
 - Errors (gradients w.r.t. a layer's output): per-tensor min..max grid starting at the
-  minimum (CPT's grid), stochastic rounding, exactly unbiased for every element.
+  minimum (CPT's grid), stochastic rounding, unbiased for every element (to 2^-24 of a step).
 Both straight-through estimators are the identity, so quantization adds no backward pass
 beyond the error rounding itself. The math lives in kernels.py.
 """
@@ -142,7 +142,7 @@ def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,
 
 
 def stochastic_round_tensor(g: torch.Tensor, bits: int, key: torch.Tensor) -> torch.Tensor:
-    """Per-tensor min..max grid, stochastic rounding: E[q] = g exactly, |q - g| < one step.
+    """Per-tensor min..max grid, stochastic rounding: E[q] = g (to 2^-24 step), |q - g| < one step.
 
     ``key`` (an int32 0-dim tensor) selects the random stream; equal keys give equal noise.
     At 32 bits (full precision) ``g`` is returned unchanged, as by the other quantizers.

@@ -98,7 +98,7 @@ def quant_inputs_given_range(x: torch.Tensor, w: torch.Tensor, lo: torch.Tensor,
 
 
 def quant_stochastic(g: torch.Tensor, key: torch.Tensor, levels: torch.Tensor):
-    """Stochastically round g onto min + k * step, k in 0..levels: E[result] = g exactly.
+    """Stochastically round g onto min + k * step, k in 0..levels: E[result] = g (to 2^-24 step).
 
     Returns (q, scale). No lower clamp is needed: g - min >= 0 and the noise is >= 0.
     """

@@ -27,14 +27,19 @@ static void grid(float lo, float hi, float levels, float *scale, float *zero_poi
     *zero_point = nearbyintf(-lo / s);
 }
 
+/* kernels._round_nearest for one value */
+static inline float round_to_grid(float v, float scale, float zero_point, float levels) {
+    float q = nearbyintf(v / scale) + zero_point;
+    q = q < 0.0f ? 0.0f : q;
+    q = q > levels ? levels : q;
+    return (q - zero_point) * scale;
+}
+
 static void round_nearest(const float *x, float *out, int64_t n, float scale,
                           float zero_point, float levels, int threads) {
 #pragma omp parallel for simd if (n >= PARALLEL_MIN) num_threads(threads) schedule(static)
     for (int64_t i = 0; i < n; i++) {
-        float q = nearbyintf(x[i] / scale) + zero_point;
-        q = q < 0.0f ? 0.0f : q;
-        q = q > levels ? levels : q;
-        out[i] = (q - zero_point) * scale;
+        out[i] = round_to_grid(x[i], scale, zero_point, levels);
     }
 }
 
@@ -63,10 +68,7 @@ void quant_tensor_batch_range(const float *x, float *out, int64_t n, float level
         }
 #pragma omp for simd schedule(static)
         for (int64_t i = 0; i < n; i++) {
-            float q = nearbyintf(x[i] / scale) + zero_point;
-            q = q < 0.0f ? 0.0f : q;
-            q = q > levels ? levels : q;
-            out[i] = (q - zero_point) * scale;
+            out[i] = round_to_grid(x[i], scale, zero_point, levels);
         }
     }
 }
@@ -98,10 +100,7 @@ void quant_per_channel(const float *w, float *out, int64_t channels, int64_t per
         grid(lo, hi, levels, &scales[c], &zero_points[c]);
         float s = scales[c], zp = zero_points[c];
         for (int64_t i = 0; i < per; i++) {
-            float q = nearbyintf(row[i] / s) + zp;
-            q = q < 0.0f ? 0.0f : q;
-            q = q > levels ? levels : q;
-            out[c * per + i] = (q - zp) * s;
+            out[c * per + i] = round_to_grid(row[i], s, zp, levels);
         }
     }
 }

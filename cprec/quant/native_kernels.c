@@ -17,6 +17,16 @@
 /* below this many elements one thread does the work: waking the pool costs more */
 #define PARALLEL_MIN 32768
 
+/* One value into a running min/max (NaN recorded apart: torch's min/max propagate it).
+ * A macro, not a function: it updates OpenMP simd reduction variables in place. */
+#define WIDEN_RANGE(value, lo, hi, nan)   \
+    do {                                  \
+        const float v_ = (value);         \
+        (lo) = v_ < (lo) ? v_ : (lo);     \
+        (hi) = v_ > (hi) ? v_ : (hi);     \
+        (nan) |= v_ != v_;                \
+    } while (0)
+
 /* Scale and integer zero point of a grid spanning [min(lo, 0), max(hi, 0)] (kernels._grid). */
 static void grid(float lo, float hi, float levels, float *scale, float *zero_point) {
     lo = lo > 0.0f ? 0.0f : lo;
@@ -53,10 +63,7 @@ void quant_tensor_batch_range(const float *x, float *out, int64_t n, float level
     {
 #pragma omp for simd schedule(static) reduction(min : lo) reduction(max : hi) reduction(| : nan)
         for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
-            nan |= v != v;
+            WIDEN_RANGE(x[i], lo, hi, nan);
         }
         /* after the loop's barrier every thread sees the reduced range */
         const float low = nan ? NAN : lo, high = nan ? NAN : hi;
@@ -91,10 +98,7 @@ void quant_per_channel(const float *w, float *out, int64_t channels, int64_t per
         float lo = INFINITY, hi = -INFINITY;
         int nan = 0;
         for (int64_t i = 0; i < per; i++) {
-            float v = row[i];
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
-            nan |= v != v;
+            WIDEN_RANGE(row[i], lo, hi, nan);
         }
         if (nan) lo = hi = NAN;
         grid(lo, hi, levels, &scales[c], &zero_points[c]);
@@ -125,10 +129,7 @@ void quant_stochastic(const float *g, float *out, int64_t n, float levels, int32
     {
 #pragma omp for simd schedule(static) reduction(min : lo) reduction(max : hi) reduction(| : nan)
         for (int32_t i = 0; i < count; i++) {
-            float v = g[i];
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
-            nan |= v != v;
+            WIDEN_RANGE(g[i], lo, hi, nan);
         }
         /* after the loop's barrier every thread sees the reduced range */
         const float low = nan ? NAN : lo, high = nan ? NAN : hi;

@@ -2,14 +2,15 @@
 
 The same converted model runs alternately at 8/8 (weights, activations and errors
 fake-quantized) and at 32/32 (every Q layer a no-op, i.e. the plain fp32 step), or against a
-separate unquantized model (``--baseline plain``). After warm-up (which includes compiling
-the quantization kernels), each round times ``--steps-per-round`` SGD steps of each mode,
-the order alternating from round to round so drifting machine load hits both alike; the
-result is the median over rounds of the per-round ratio quantized / fp32
-(DESIGN.md's target: <= 1.10 on CPU).
+separate unquantized model (``--baseline plain``). After warm-up (which includes building
+or compiling the fast quantization kernels), each round times ``--steps-per-round`` SGD
+steps of each mode, the order alternating from round to round so drifting machine load hits
+both alike; the result is the median over rounds of the per-round ratio quantized / fp32
+(DESIGN.md's target: <= 1.10 on CPU). The kernels' back end (cprec.quant.backends) is
+printed: native, torch_compile, or reference with ``--reference-kernels``.
 
     python scripts/bench_quant.py [--rounds 15] [--steps-per-round 5] [--batch 128]
-                                  [--no-compile] [--default-malloc] [--device auto|cpu|cuda]
+                                  [--reference-kernels] [--default-malloc] [--device auto|cpu|cuda]
                                   [--baseline same|plain]
 """
 
@@ -28,7 +29,7 @@ from cprec.config import ModelConfig, QuantConfig
 from cprec.data import DatasetInfo
 from cprec.memory import keep_freed_memory
 from cprec.models import build_model
-from cprec.quant import build_quantized, kernels, native, set_precision
+from cprec.quant import backend_for, build_quantized, set_backend, set_precision
 
 
 def pick(device: str) -> torch.device:
@@ -70,8 +71,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per mode first")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--bits", type=int, default=8, help="static forward = backward bits")
-    ap.add_argument("--no-compile", action="store_true",
-                    help="run the quantization kernels as torch ops (kernels.set_compile(False))")
+    ap.add_argument("--reference-kernels", "--no-compile", action="store_true",
+                    help="run the quantization kernels as the reference torch ops "
+                         "(CPREC_KERNELS=reference); default: the fast back ends (auto)")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's allocator as it is (cprec train tunes it: cprec.memory)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -82,18 +84,12 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    kernels.set_compile(not args.no_compile)
+    set_backend("reference" if args.reference_kernels else "auto")
     malloc = "default" if args.default_malloc or not keep_freed_memory() else "tuned"
     device = pick(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if args.no_compile:
-        backend = "torch ops"
-    elif device.type == "cpu" and native.library() is not None:
-        backend = "native C"
-    else:
-        backend = "torch.compile"
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"kernels {backend}, malloc {malloc}, batch {args.batch}, "
+          f"kernels {backend_for(device)}, malloc {malloc}, batch {args.batch}, "
           f"ResNet-20 {args.bits}/{args.bits} vs fp32 ({args.baseline} model)")
 
     torch.manual_seed(0)
@@ -113,8 +109,8 @@ def main() -> None:
     start = time.perf_counter()
     timed(quant_step, args.warmup, sync)  # first call builds or compiles the kernels
     timed(fp32_step, args.warmup, sync)
-    print(f"warm-up {time.perf_counter() - start:.1f} s"
-          + (" (torch.compile failed: eager kernels)" if kernels._failed else ""))
+    print(f"warm-up {time.perf_counter() - start:.1f} s; kernels ran on the "
+          f"{backend_for(device)} back end")  # after a failed build: the fallback
 
     ratios, q_times, f_times = [], [], []
     for r in range(args.rounds):

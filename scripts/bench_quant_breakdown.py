@@ -26,7 +26,15 @@ from cprec.config import ModelConfig, QuantConfig
 from cprec.data import DatasetInfo
 from cprec.memory import keep_freed_memory
 from cprec.models import build_model
-from cprec.quant import build_quantized, native, set_precision
+from cprec.quant import (
+    backend_for,
+    backends,
+    build_quantized,
+    native,
+    reference,
+    set_backend,
+    set_precision,
+)
 
 VARIANTS = {  # name: (bits, kernels that run for real)
     "fp32": (32, {"inputs", "errors"}),
@@ -38,10 +46,10 @@ VARIANTS = {  # name: (bits, kernels that run for real)
 
 
 def switchable_kernels() -> dict[str, bool]:
-    """Put switches in front of the C kernels (before their first use: the dispatcher keeps
-    the function it finds). A switched-off kernel returns its input as the quantized one."""
+    """Register switches as the native versions of the two kernels a training step calls.
+    A switched-off kernel returns its input as the quantized one."""
     real = {"inputs": True, "errors": True}
-    inputs, errors = native.KERNELS["quant_inputs_batch_range"], native.KERNELS["quant_stochastic"]
+    inputs, errors = native.quant_inputs_batch_range, native.quant_stochastic
 
     def switched_inputs(x, w, levels):
         if real["inputs"]:
@@ -51,8 +59,8 @@ def switchable_kernels() -> dict[str, bool]:
     def switched_errors(g, key, levels):
         return errors(g, key, levels) if real["errors"] else (g, None)
 
-    native.KERNELS["quant_inputs_batch_range"] = switched_inputs
-    native.KERNELS["quant_stochastic"] = switched_errors
+    backends.register(reference.quant_inputs_batch_range, backends.NATIVE, switched_inputs)
+    backends.register(reference.quant_stochastic, backends.NATIVE, switched_errors)
     return real
 
 
@@ -62,7 +70,8 @@ def main() -> None:
     ap.add_argument("--steps-per-round", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
-    if native.library() is None:
+    set_backend("auto")
+    if backend_for("cpu") != backends.NATIVE:
         raise SystemExit("the C kernels could not be built here (no C compiler?)")
     keep_freed_memory()
     real = switchable_kernels()
@@ -79,6 +88,7 @@ def main() -> None:
             real.update(inputs="inputs" in on, errors="errors" in on)
         steps[name] = make_step(model, x, y, prepare)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"kernels {backend_for('cpu')}, "
           f"{args.rounds} rounds x {args.steps_per_round} steps per variant")
     for step in steps.values():
         timed(step, 2, lambda: None)  # warm-up

@@ -18,8 +18,11 @@ FAST = ["model=mlp", "trainer.steps=24", "trainer.eval_every=12", "trainer.progr
 
 def run_cli(args: list[str], cwd: Path, compile_kernels: bool = False, timeout: int = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
-    """`cprec <args>` in a subprocess; quantization kernels as torch ops unless asked."""
-    full_env = {**os.environ, "CPREC_COMPILE": "1" if compile_kernels else "0", **(env or {})}
+    """`cprec <args>` in a subprocess; quantization kernels as reference torch ops unless
+    ``compile_kernels`` asks for the fast back ends (CPREC_KERNELS=auto)."""
+    kernels = "auto" if compile_kernels else "reference"
+    full_env = {**os.environ, "CPREC_KERNELS": kernels, **(env or {})}
+    full_env.pop("CPREC_COMPILE", None)  # the old switch
     full_env.pop("CPREC_OUTPUT_ROOT", None)
     return subprocess.run([sys.executable, "-m", "cprec.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
@@ -49,9 +52,9 @@ def compose():
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _eager_kernels():
-    """In-process tests run the quantization kernels eagerly (same math, no compile wait)."""
-    from cprec.quant import kernels
+def _reference_kernels():
+    """In-process tests run the reference quantization kernels (same math, no build wait)."""
+    from cprec.quant import set_backend
 
-    kernels.set_compile(False)
+    set_backend("reference")
     yield

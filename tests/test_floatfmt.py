@@ -66,8 +66,11 @@ def test_nearest_matches_torch_cast_log_uniform(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(DTYPES))
 def test_nearest_matches_torch_cast_on_grid_and_ties(name: str) -> None:
-    """Every representable value maps to itself; every midpoint (a tie, even wins) and its two
-    float32 neighbours round like the cast, subnormals included, for both signs."""
+    """Representable values, ties and their float32 neighbours all round like torch's cast.
+
+    Every representable value maps to itself; every midpoint (a tie, even wins) and its two
+    float32 neighbours round like the cast, subnormals included, for both signs.
+    """
     v = representable(name)
     assert_same_bits(v, name)
     mids64 = (v[:-1].double() + v[1:].double()) / 2
@@ -131,6 +134,7 @@ def test_nan_and_inf_pass_through() -> None:
 
 
 def test_invalid_options_raise() -> None:
+    """An unknown rounding or overflow mode is a ValueError naming the option."""
     with pytest.raises(ValueError, match="rounding"):
         quantize_float(torch.ones(2), FORMATS["fp16"], "floor")
     with pytest.raises(ValueError, match="overflow"):
@@ -139,8 +143,11 @@ def test_invalid_options_raise() -> None:
 
 @pytest.mark.parametrize("name", ["fp16", "fp8_e4m3", "fp8_e5m2"])
 def test_stochastic_rounding_is_unbiased(name: str) -> None:
-    """q is one of the two representable neighbours of x, the upper one with probability
-    f = (x - down) / (up - down), so E[q] = x: the mean error is within 5 sigma of 0."""
+    """Stochastic rounding picks a neighbour with probability by closeness: unbiased, keyed.
+
+    q is one of the two representable neighbours of x, the upper one with probability
+    f = (x - down) / (up - down), so E[q] = x: the mean error is within 5 sigma of 0.
+    """
     fmt, v = FORMATS[name], representable(name).double()
     gen = torch.Generator().manual_seed(1)
     n = 1500

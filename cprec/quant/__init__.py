@@ -1,55 +1,44 @@
-"""Fake quantization for low-precision training: fixed point, float formats, Q layers."""
+"""Fake quantization for low-precision training: fixed point, float formats, Q layers.
+
+Layout: ``quantizers`` (the one Quantizer interface, built from the ``quant`` config),
+``fixed`` / ``floatfmt`` (the two number formats), ``modules`` (QConv2d/QLinear and the
+precision setter), ``reference`` (the kernels' math as torch ops), ``backends`` (the fast
+versions registered against it, and the ``CPREC_KERNELS`` switch), ``native`` (the C ones).
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 from cprec.config import QuantConfig
+from cprec.quant.backends import backend, backend_for, set_backend
 from cprec.quant.floatfmt import FORMATS, FloatFormat
 from cprec.quant.modules import (
     FULL,
     QuantRNG,
-    QuantSpec,
     compute_layers,
     layer_bits,
     quant_layers,
     quantize_model,
     set_precision,
 )
+from cprec.quant.quantizers import (
+    FixedPointQuantizer,
+    FloatFormatQuantizer,
+    Quantizer,
+    build_quantizer,
+    format_bits,
+)
 
-__all__ = ["FULL", "FORMATS", "FloatFormat", "QuantRNG", "QuantSpec", "build_quantized",
-           "compute_layers", "error_format", "float_format", "format_bits", "layer_bits", "quant_layers",
-           "quantize_model", "set_precision", "spec_from_config"]
-
-
-def float_format(cfg: QuantConfig) -> FloatFormat | None:
-    """The configured float format, or None for fixed point."""
-    return FloatFormat(cfg.exp_bits, cfg.man_bits, cfg.has_inf) if cfg.format == "float" else None
-
-
-def error_format(cfg: QuantConfig) -> FloatFormat | None:
-    """The float format of the errors: ``error_exp_bits``/``error_man_bits`` when set (e.g.
-    hybrid FP8: E4M3 forward, E5M2 errors), else the forward format."""
-    fmt = float_format(cfg)
-    if fmt is None or cfg.error_exp_bits is None:
-        return fmt
-    return FloatFormat(cfg.error_exp_bits, cfg.error_man_bits, True)
-
-
-def format_bits(cfg: QuantConfig) -> tuple[int, int] | None:
-    """(forward, backward) widths of a float format, its fixed precision; None for fixed point."""
-    fmt = float_format(cfg)
-    return (fmt.bits, error_format(cfg).bits) if fmt else None
-
-
-def spec_from_config(cfg: QuantConfig) -> QuantSpec:
-    return QuantSpec(float_format(cfg), error_format(cfg), cfg.rounding, cfg.overflow,
-                     cfg.quantize_errors, cfg.act_momentum)
+__all__ = ["FULL", "FORMATS", "FixedPointQuantizer", "FloatFormat", "FloatFormatQuantizer",
+           "QuantRNG", "Quantizer", "backend", "backend_for", "build_quantized",
+           "build_quantizer", "compute_layers", "format_bits", "layer_bits", "quant_layers",
+           "quantize_model", "set_backend", "set_precision"]
 
 
 def build_quantized(model: nn.Module, cfg: QuantConfig, seed: int) -> tuple[nn.Module, QuantRNG]:
     """Convert a model per the ``quant`` config; return it with its stochastic-rounding RNG."""
     rng = QuantRNG(seed + 7919)
-    model = quantize_model(model, spec_from_config(cfg), rng, cfg.quantize_first,
+    model = quantize_model(model, build_quantizer(cfg), rng, cfg.quantize_first,
                            cfg.quantize_last)
     return model, rng

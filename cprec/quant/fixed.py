@@ -7,17 +7,19 @@
 - Errors (gradients w.r.t. a layer's output): per-tensor min..max grid starting at the
   minimum (CPT's grid), stochastic rounding, unbiased for every element (to 2^-24 of a step).
 Both straight-through estimators are the identity, so quantization adds no backward pass
-beyond the error rounding itself. The math lives in kernels.py.
+beyond the error rounding itself. The math lives in reference.py; ``kernel(fn)`` runs
+the back end that backends.py picks for it (same results).
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 
-from cprec.quant.kernels import (
-    kernel,
+from cprec.quant.backends import kernel
+from cprec.quant.reference import (
     quant_inputs_batch_range,
     quant_inputs_given_range,
     quant_per_channel,
@@ -27,6 +29,8 @@ from cprec.quant.kernels import (
 )
 
 _levels_cache: dict[tuple[int, str], torch.Tensor] = {}
+# error rounding: (error, bits, key) -> rounded error, as stochastic_round_tensor
+RoundError = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
 
 def levels(bits: int) -> int:
@@ -66,7 +70,8 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def quantize_activation(x: torch.Tensor, bits: int, lo: torch.Tensor | None = None,
-                        hi: torch.Tensor | None = None):
+                        hi: torch.Tensor | None = None
+                        ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-tensor, round to nearest, straight-through.
 
     Without a range, the batch's own min..max is used and ``(q, lo, hi)`` is returned so the
@@ -111,7 +116,7 @@ class _LastBatchInput:
 
 def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,
                     lo: torch.Tensor | None = None, hi: torch.Tensor | None = None,
-                    ste: bool = True):
+                    ste: bool = True) -> tuple[torch.Tensor, ...]:
     """A layer's activation and weight at once, as ``quantize_activation`` and
     ``quantize_weight`` would (bitwise the same), in one kernel call and one autograd node.
 
@@ -152,7 +157,8 @@ def stochastic_round_tensor(g: torch.Tensor, bits: int, key: torch.Tensor) -> to
     return kernel(quant_stochastic)(g, key, levels_tensor(bits, g.device))[0]
 
 
-def quantize_error(x: torch.Tensor, bits: int, key_source, quantizer=stochastic_round_tensor):
+def quantize_error(x: torch.Tensor, bits: int, key_source: Callable[[torch.device], torch.Tensor],
+                   quantizer: RoundError = stochastic_round_tensor) -> torch.Tensor:
     """Mark ``x`` so that the gradient flowing back into it is quantized at ``bits``.
 
     ``key_source(device)`` is called once per backward pass to get the rounding key.

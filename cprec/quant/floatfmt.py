@@ -4,7 +4,7 @@ A value is rounded onto the grid of a format with ``exp_bits`` exponent bits and
 ``man_bits`` stored mantissa bits (IEEE-754 layout: bias 2^(e-1)-1, gradual underflow
 through subnormals). Rounding is round-to-nearest-even or stochastic; overflow saturates at
 the largest finite value or becomes +-inf (NaN for formats without infinities, like
-OCP's fp8 E4M3).
+OCP's fp8 E4M3). The layers use it through ``FloatFormatQuantizer`` (quantizers.py).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from cprec.quant.kernels import _uniform_from_hash
+from cprec.quant.reference import uniform_from_hash
 
 
 @dataclass(frozen=True)
 class FloatFormat:
+    """A binary float format: sign, ``exp_bits`` exponent bits, ``man_bits`` stored mantissa."""
+
     exp_bits: int
     man_bits: int
     has_inf: bool = True  # False: the top exponent holds normal numbers (E4M3 "fn")
@@ -55,7 +57,8 @@ def quantize_float(x: torch.Tensor, fmt: FloatFormat, rounding: str = "nearest",
                    overflow: str = "inf", key: torch.Tensor | None = None) -> torch.Tensor:
     """Round float32 ``x`` to ``fmt`` and return it as float32 (a fake cast).
 
-    Stochastic rounding draws from the hash stream selected by ``key`` (see kernels.py).
+    Stochastic rounding draws from the hash stream selected by ``key`` (see reference.py).
+    Plain torch ops on every device: no fast back end is registered for it.
     """
     xf = x.float()
     _, exp = torch.frexp(xf)  # |x| = m * 2^exp with m in [0.5, 1)
@@ -64,7 +67,7 @@ def quantize_float(x: torch.Tensor, fmt: FloatFormat, rounding: str = "nearest",
     scaled = xf / ulp
     if rounding == "stochastic":
         index = torch.arange(xf.numel(), device=xf.device, dtype=torch.int32).view(xf.shape)
-        noise = _uniform_from_hash(index, key if key is not None else torch.tensor(0))
+        noise = uniform_from_hash(index, key if key is not None else torch.tensor(0))
         q = torch.floor(scaled + noise) * ulp
     elif rounding == "nearest":
         q = torch.round(scaled) * ulp  # torch.round rounds half to even

@@ -7,33 +7,12 @@ set from outside (``set_precision``), never passed through ``forward``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cprec.quant.fixed import (
-    StraightThrough,
-    quantize_error,
-    quantize_inputs,
-    stochastic_round_tensor,
-)
-from cprec.quant.floatfmt import FloatFormat, quantize_float
-
-FULL = 32
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How a layer quantizes, whatever its bits are (from the ``quant`` config group)."""
-
-    float_format: FloatFormat | None = None  # None = fixed point
-    error_format: FloatFormat | None = None  # float errors; None = same as float_format
-    rounding: str = "nearest"  # float formats: weights and activations
-    overflow: str = "saturate"
-    quantize_errors: bool = True
-    act_momentum: float = 0.9
+from cprec.quant.fixed import RoundError, quantize_error
+from cprec.quant.quantizers import FULL, FixedPointQuantizer, Quantizer
 
 
 class QuantRNG:
@@ -58,32 +37,28 @@ class QuantRNG:
 
 
 class QuantMixin:
-    """Shared state and forward logic of the quantized layers."""
+    """Shared state and forward logic of the quantized layers: the precision of the coming
+    step(s), the activation-range EMA, and calls into the model's ``Quantizer``."""
 
     fw_bits: int
     bw_bits: int
 
-    def _init_quant(self, spec: QuantSpec, rng: QuantRNG) -> None:
-        self.spec, self.rng = spec, rng
+    def _init_quant(self, quantizer: Quantizer, rng: QuantRNG) -> None:
+        self.quantizer, self.rng = quantizer, rng
         self.fw_bits, self.bw_bits = FULL, FULL
         device = self.weight.device  # a model converted after .to(device) keeps working
         self.register_buffer("act_lo", torch.zeros((), device=device))
         self.register_buffer("act_hi", torch.zeros((), device=device))
         self.act_seen = False  # python flag: no device sync in forward
 
-    def _fixed_inputs(self, x: torch.Tensor, weight: torch.Tensor, ste: bool):
-        bits = self.fw_bits
-        if self.training:
-            xq, wq, lo, hi = quantize_inputs(x, weight, bits, ste=ste)
-            with torch.no_grad():  # EMA of the range, used at eval; the first batch initializes
-                ema_weight = 1.0 - self.spec.act_momentum if self.act_seen else 1.0
-                self.act_lo.lerp_(lo, ema_weight)
-                self.act_hi.lerp_(hi, ema_weight)
-                self.act_seen = True
-            return xq, wq
-        if self.act_seen:
-            return quantize_inputs(x, weight, bits, self.act_lo, self.act_hi, ste=ste)[:2]
-        return quantize_inputs(x, weight, bits, ste=ste)[:2]
+    def track_range(self, lo: torch.Tensor, hi: torch.Tensor, momentum: float) -> None:
+        """Fold a training batch's activation range into the EMA used at eval (the first
+        batch initializes it)."""
+        with torch.no_grad():
+            ema_weight = 1.0 - momentum if self.act_seen else 1.0
+            self.act_lo.lerp_(lo, ema_weight)
+            self.act_hi.lerp_(hi, ema_weight)
+            self.act_seen = True
 
     def get_extra_state(self) -> dict:
         return {"act_seen": self.act_seen}
@@ -91,37 +66,17 @@ class QuantMixin:
     def set_extra_state(self, state: dict) -> None:
         self.act_seen = bool(state["act_seen"])
 
-    def _float_quantizer(self, rounding: str, fmt: FloatFormat):
-        overflow = self.spec.overflow
-
-        def quantize(t: torch.Tensor, bits: int, key: torch.Tensor | None) -> torch.Tensor:
-            return quantize_float(t, fmt, rounding, overflow, key)
-
-        return quantize
-
-    def _quantized_inputs(self, x: torch.Tensor, weight: torch.Tensor, ste: bool = True):
+    def _quantized_inputs(self, x: torch.Tensor, weight: torch.Tensor,
+                          ste: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """x and weight at this step's forward precision: with ``ste`` connected to autograd
         by the straight-through estimator, else as plain tensors."""
         if self.fw_bits >= FULL:
             return (x, weight) if ste else (x.detach(), weight.detach())
-        if self.spec.float_format is None:
-            return self._fixed_inputs(x, weight, ste)
-        q = self._float_quantizer(self.spec.rounding, self.spec.float_format)
-        # independent noise for the activation and the weight (one key each)
-        stochastic = self.spec.rounding == "stochastic"
-        key_x = self.rng.next_key(x.device) if stochastic else None
-        key_w = self.rng.next_key(x.device) if stochastic else None
-        xq, wq = q(x.detach(), self.fw_bits, key_x), q(weight.detach(), 0, key_w)
-        return (StraightThrough.apply(x, weight, xq, wq)) if ste else (xq, wq)
+        return self.quantizer.inputs(self, x, weight, ste)
 
-    def _error_rounding(self):
-        """``(bits, quantizer)`` for this step's errors, or None when they stay as they are."""
-        if self.bw_bits >= FULL or not self.spec.quantize_errors:
-            return None
-        if self.spec.float_format is None:
-            return self.bw_bits, stochastic_round_tensor
-        fmt = self.spec.error_format or self.spec.float_format
-        return self.bw_bits, self._float_quantizer("stochastic", fmt)
+    def _error_rounding(self) -> tuple[int, RoundError] | None:
+        """``(bits, round_error)`` for this step's errors, or None when they stay as they are."""
+        return self.quantizer.error_rounding(self.bw_bits)
 
     def _quantized_output(self, out: torch.Tensor) -> torch.Tensor:
         rounding = self._error_rounding()
@@ -134,7 +89,7 @@ class _QuantizedConv2d(torch.autograd.Function):
     """A quantized Conv2d training step as one autograd node.
 
     Forward: conv(x_q, w_q, bias). Backward: the error is rounded (``rounding`` = (bits,
-    quantizer), None = kept) and handed to the convolution's own backward, exactly as
+    round_error), None = kept) and handed to the convolution's own backward, exactly as
     autograd would call it; its input and weight gradients go to x and w unchanged (the
     straight-through estimator). One Python node instead of three per layer (STE, conv,
     error hook): on a CPU every node visited with cold caches costs ~0.1 ms.
@@ -152,8 +107,8 @@ class _QuantizedConv2d(torch.autograd.Function):
         xq, wq = ctx.saved_tensors
         layer = ctx.layer
         if ctx.rounding is not None:
-            bits, quantizer = ctx.rounding
-            grad = quantizer(grad.contiguous(), bits, layer.rng.next_key(grad.device))
+            bits, round_error = ctx.rounding
+            grad = round_error(grad.contiguous(), bits, layer.rng.next_key(grad.device))
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad, xq, wq, ctx.bias_sizes, layer.stride, layer.padding, layer.dilation, False,
             [0, 0], layer.groups, list(ctx.needs_input_grad[:3]))
@@ -161,6 +116,8 @@ class _QuantizedConv2d(torch.autograd.Function):
 
 
 class QConv2d(QuantMixin, nn.Conv2d):
+    """nn.Conv2d with quantized inputs and errors; a training step is one autograd node."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rounding = self._error_rounding()
         if (self.fw_bits >= FULL and rounding is None) or not self._one_node_ok(x):
@@ -176,6 +133,8 @@ class QConv2d(QuantMixin, nn.Conv2d):
 
 
 class QLinear(QuantMixin, nn.Linear):
+    """nn.Linear with quantized inputs (STE) and errors (a hook on its output)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = self._quantized_inputs(x, self.weight)
         return self._quantized_output(F.linear(x, w, self.bias))
@@ -184,10 +143,10 @@ class QLinear(QuantMixin, nn.Linear):
 QUANTIZED = {nn.Conv2d: QConv2d, nn.Linear: QLinear}
 
 
-def _swap(module: nn.Module, spec: QuantSpec, rng: QuantRNG) -> nn.Module:
+def _swap(module: nn.Module, quantizer: Quantizer, rng: QuantRNG) -> nn.Module:
     """Turn a Conv2d/Linear into its quantized class in place, sharing its parameters."""
     module.__class__ = QUANTIZED[type(module)]
-    module._init_quant(spec, rng)
+    module._init_quant(quantizer, rng)
     return module
 
 
@@ -201,14 +160,17 @@ def compute_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def quantize_model(model: nn.Module, spec: QuantSpec, rng: QuantRNG, quantize_first: bool = True,
-                   quantize_last: bool = False) -> nn.Module:
-    """Swap the model's Conv2d/Linear layers for quantized ones (BatchNorm stays as it is).
+def quantize_model(model: nn.Module, quantizer: Quantizer | None = None, rng: QuantRNG | None = None,
+                   quantize_first: bool = True, quantize_last: bool = False) -> nn.Module:
+    """Swap the model's Conv2d/Linear layers for quantized ones (BatchNorm stays as it is),
+    all sharing ``quantizer`` (default: fixed point) and ``rng`` (default: seed 0).
 
     The first and last compute layers (in registration order) are kept in full precision
     unless ``quantize_first`` / ``quantize_last`` say otherwise. Works on any nn.Module,
     torchvision models included; the model is changed in place and returned.
     """
+    quantizer = FixedPointQuantizer() if quantizer is None else quantizer
+    rng = QuantRNG(0) if rng is None else rng
     names = [n for n, m in compute_layers(model).items() if type(m) in QUANTIZED]
     keep = set()
     if names and not quantize_first:
@@ -218,7 +180,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec, rng: QuantRNG, quantize_fi
     modules = dict(model.named_modules())
     for name in names:
         if name not in keep:
-            _swap(modules[name], spec, rng)
+            _swap(modules[name], quantizer, rng)
     return model
 
 

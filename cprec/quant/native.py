@@ -1,13 +1,13 @@
-"""The C versions of the CPU quantization kernels (native_kernels.c), built once and loaded
-with ctypes.
+"""The "native" back end: C versions of the CPU quantization kernels (native_kernels.c),
+built once and loaded with ctypes; backends.py registers them against reference.py.
 
-Same results as the torch functions in kernels.py, bitwise (tests/test_quant.py checks it),
+Same results as the torch functions in reference.py, bitwise (tests/test_quant_backends.py),
 at a fraction of the per-call cost: in a training step each call comes after a convolution
 has flushed the caches, and torch.compile's wrapper layers then cost ~0.2 ms per call
 against ~0.03 ms for a ctypes call. The library is compiled with the system C compiler
 (~0.3 s) into a cache directory, keyed by the source, the flags and the CPU, so a shared
 home directory on a mixed cluster never loads a build made for another CPU. No compiler
-means no native kernels: callers fall back to torch.
+means no native kernels: backends.py falls back to the next back end.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -123,15 +122,16 @@ def library() -> ctypes.CDLL | None:
     _tried = True
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.warning("no C compiler found: quantization kernels run as torch ops (slower)")
+        log.warning("no C compiler found: native quantization kernels unavailable, CPU kernels "
+                    "fall back to torch.compile or the reference torch ops (slower)")
         return None
     try:
         key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(),
                                          compiler.encode(), _cpu_id().encode()]))
         lib = ctypes.CDLL(str(_built(compiler, f"native-kernels-{key.hexdigest()[:16]}.so")))
     except (OSError, RuntimeError, BuildError, subprocess.SubprocessError) as e:
-        log.warning("native quantization kernels unavailable (%s); running them as torch ops",
-                    str(e)[:200])
+        log.warning("native quantization kernels unavailable (%s); CPU kernels fall back to "
+                    "torch.compile or the reference torch ops", str(e)[:200])
         return None
     for name, argtypes in SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
@@ -152,7 +152,13 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-def quant_tensor_batch_range(x: torch.Tensor, levels: torch.Tensor):
+Tensors = tuple[torch.Tensor, ...]
+
+# Each wrapper below takes and returns what the reference function of the same name does;
+# the library must be loaded (``library()`` not None) and ``accepts`` true of the arguments.
+
+
+def quant_tensor_batch_range(x: torch.Tensor, levels: torch.Tensor) -> Tensors:
     out, stats = torch.empty_like(x), torch.empty(4, dtype=F32)
     _lib.quant_tensor_batch_range(_ptr(x), _ptr(out), x.numel(), levels.item(), _ptr(stats),
                                   torch.get_num_threads())
@@ -160,14 +166,14 @@ def quant_tensor_batch_range(x: torch.Tensor, levels: torch.Tensor):
 
 
 def quant_tensor_given_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                             levels: torch.Tensor):
+                             levels: torch.Tensor) -> Tensors:
     out, stats = torch.empty_like(x), torch.empty(2, dtype=F32)
     _lib.quant_tensor_given_range(_ptr(x), _ptr(out), x.numel(), lo.item(), hi.item(),
                                   levels.item(), _ptr(stats), torch.get_num_threads())
     return (out, *stats.unbind())
 
 
-def quant_per_channel(w: torch.Tensor, levels: torch.Tensor):
+def quant_per_channel(w: torch.Tensor, levels: torch.Tensor) -> Tensors:
     out = torch.empty_like(w)
     shape = [w.shape[0]] + [1] * (w.dim() - 1)
     scale, zero_point = torch.empty(shape, dtype=F32), torch.empty(shape, dtype=F32)
@@ -176,22 +182,18 @@ def quant_per_channel(w: torch.Tensor, levels: torch.Tensor):
     return out, scale, zero_point
 
 
-def quant_inputs_batch_range(x: torch.Tensor, w: torch.Tensor, levels: torch.Tensor):
+def quant_inputs_batch_range(x: torch.Tensor, w: torch.Tensor, levels: torch.Tensor) -> Tensors:
     return quant_tensor_batch_range(x, levels) + quant_per_channel(w, levels)
 
 
 def quant_inputs_given_range(x: torch.Tensor, w: torch.Tensor, lo: torch.Tensor,
-                             hi: torch.Tensor, levels: torch.Tensor):
+                             hi: torch.Tensor, levels: torch.Tensor) -> Tensors:
     return quant_tensor_given_range(x, lo, hi, levels) + quant_per_channel(w, levels)
 
 
-def quant_stochastic(g: torch.Tensor, key: torch.Tensor, levels: torch.Tensor):
+def quant_stochastic(g: torch.Tensor, key: torch.Tensor, levels: torch.Tensor) -> Tensors:
     out, stats = torch.empty_like(g), torch.empty(1, dtype=F32)
     _lib.quant_stochastic(_ptr(g), _ptr(out), g.numel(), levels.item(), int(key.item()),
                           _ptr(stats), torch.get_num_threads())
     return out, stats[0]
 
-
-KERNELS: dict[str, Callable] = {f.__name__: f for f in (
-    quant_tensor_batch_range, quant_tensor_given_range, quant_per_channel,
-    quant_inputs_batch_range, quant_inputs_given_range, quant_stochastic)}

@@ -1,6 +1,6 @@
-/* The CPU quantization kernels of cprec.quant.kernels, in C (built by cprec/quant/native.py).
+/* The CPU quantization kernels of cprec.quant.reference, in C (built by cprec/quant/native.py).
  *
- * Same math, operation for operation, as the torch functions in kernels.py, so results are
+ * Same math, operation for operation, as the torch functions in reference.py, so results are
  * bitwise the same: float32 throughout, no fused multiply-add (-ffp-contract=off), round half
  * to even (nearbyintf), NaN propagated like torch's min/max/clamp. Each function is one call
  * per tensor: a parallel range pass, then a parallel rounding pass, into a caller-allocated
@@ -27,7 +27,7 @@
         (nan) |= v_ != v_;                \
     } while (0)
 
-/* Scale and integer zero point of a grid spanning [min(lo, 0), max(hi, 0)] (kernels._grid). */
+/* Scale and integer zero point of a grid spanning [min(lo, 0), max(hi, 0)] (reference.grid). */
 static void grid(float lo, float hi, float levels, float *scale, float *zero_point) {
     lo = lo > 0.0f ? 0.0f : lo;
     hi = hi < 0.0f ? 0.0f : hi;
@@ -37,7 +37,7 @@ static void grid(float lo, float hi, float levels, float *scale, float *zero_poi
     *zero_point = nearbyintf(-lo / s);
 }
 
-/* kernels._round_nearest for one value */
+/* reference.round_nearest for one value */
 static inline float round_to_grid(float v, float scale, float zero_point, float levels) {
     float q = nearbyintf(v / scale) + zero_point;
     q = q < 0.0f ? 0.0f : q;
@@ -53,7 +53,7 @@ static void round_nearest(const float *x, float *out, int64_t n, float scale,
     }
 }
 
-/* kernels.quant_tensor_batch_range; stats <- lo, hi, scale, zero point. One parallel
+/* reference.quant_tensor_batch_range; stats <- lo, hi, scale, zero point. One parallel
  * region for both passes (one fork/join per call). */
 void quant_tensor_batch_range(const float *x, float *out, int64_t n, float levels,
                               float *stats, int threads) {
@@ -80,14 +80,14 @@ void quant_tensor_batch_range(const float *x, float *out, int64_t n, float level
     }
 }
 
-/* kernels.quant_tensor_given_range; stats <- scale, zero point */
+/* reference.quant_tensor_given_range; stats <- scale, zero point */
 void quant_tensor_given_range(const float *x, float *out, int64_t n, float lo, float hi,
                               float levels, float *stats, int threads) {
     grid(lo, hi, levels, &stats[0], &stats[1]);
     round_nearest(x, out, n, stats[0], stats[1], levels, threads);
 }
 
-/* kernels.quant_per_channel over `channels` contiguous rows of `per` values;
+/* reference.quant_per_channel over `channels` contiguous rows of `per` values;
  * scales and zero_points get one value per channel */
 void quant_per_channel(const float *w, float *out, int64_t channels, int64_t per, float levels,
                        float *scales, float *zero_points, int threads) {
@@ -109,7 +109,7 @@ void quant_per_channel(const float *w, float *out, int64_t channels, int64_t per
     }
 }
 
-/* kernels._uniform_from_hash: U[0, 1) with 24 bits from a murmur-style mix of index + key */
+/* reference.uniform_from_hash: U[0, 1) with 24 bits from a murmur-style mix of index + key */
 static inline float uniform_from_hash(uint32_t index, uint32_t key) {
     uint32_t h = (index + key) * 0x2C9277B5u;
     h ^= h >> 15;
@@ -117,7 +117,7 @@ static inline float uniform_from_hash(uint32_t index, uint32_t key) {
     return (float)((h >> 8) & 0xFFFFFFu) * (1.0f / 16777216.0f);
 }
 
-/* kernels.quant_stochastic; stats <- scale. One parallel region for both passes; a 32-bit
+/* reference.quant_stochastic; stats <- scale. One parallel region for both passes; a 32-bit
  * counter (n < 2^31, checked by the caller) keeps the hash's index arithmetic in 32-bit
  * vector lanes, ~15% faster than widening a 64-bit one. */
 void quant_stochastic(const float *g, float *out, int64_t n, float levels, int32_t key,

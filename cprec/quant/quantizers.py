@@ -1,0 +1,149 @@
+"""One quantizer interface for the layers, whatever the number format.
+
+A ``Quantizer`` tells a quantized layer how to round its inputs (activation and weight) in
+forward and its error (the gradient w.r.t. its output) in backward, and which widths the
+format itself imposes. ``FixedPointQuantizer`` (CPT's grids, fixed.py) and
+``FloatFormatQuantizer`` (simulated float formats, floatfmt.py) implement it;
+``build_quantizer`` picks one from the ``quant`` config group. The layers (modules.py) only
+ever call these methods, so a new format is one new class here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from cprec.config import QuantConfig
+from cprec.quant.fixed import (
+    RoundError,
+    StraightThrough,
+    quantize_inputs,
+    stochastic_round_tensor,
+)
+from cprec.quant.floatfmt import FloatFormat, quantize_float
+
+if TYPE_CHECKING:
+    from cprec.quant.modules import QuantMixin
+
+FULL = 32  # bits meaning full precision: no quantization
+
+
+class Quantizer(ABC):
+    """How a layer quantizes, whatever its bits are; shared by all layers of a model."""
+
+    quantize_errors: bool
+
+    @property
+    def format_bits(self) -> tuple[int, int] | None:
+        """(forward, backward) widths the format imposes; None: any widths (fixed point)."""
+        return None
+
+    @abstractmethod
+    def inputs(self, layer: QuantMixin, x: torch.Tensor, weight: torch.Tensor,
+               ste: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """x and weight rounded for ``layer`` at ``layer.fw_bits`` (< 32): with ``ste``
+        connected to autograd by the straight-through estimator, else plain tensors."""
+
+    @abstractmethod
+    def round_error(self, error: torch.Tensor, bits: int, key: torch.Tensor) -> torch.Tensor:
+        """The error rounded at ``bits`` (stochastically, noise stream ``key``)."""
+
+    def error_rounding(self, bits: int) -> tuple[int, RoundError] | None:
+        """``(bits, round_error)`` for a backward pass at ``bits``; None: errors stay as they
+        are (full precision, or error quantization off)."""
+        if bits >= FULL or not self.quantize_errors:
+            return None
+        return bits, self.round_error
+
+
+@dataclass(frozen=True)
+class FixedPointQuantizer(Quantizer):
+    """Asymmetric uniform grids (fixed.py): weights per output channel and activations per
+    tensor rounded to nearest, errors per tensor rounded stochastically.
+
+    Activations use the batch range in training, tracked as an EMA (``act_momentum``) in
+    the layer's ``act_lo``/``act_hi`` buffers, and that EMA at eval once it has been seen.
+    """
+
+    quantize_errors: bool = True
+    act_momentum: float = 0.9
+
+    def inputs(self, layer: QuantMixin, x: torch.Tensor, weight: torch.Tensor,
+               ste: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        bits = layer.fw_bits
+        if layer.training:
+            xq, wq, lo, hi = quantize_inputs(x, weight, bits, ste=ste)
+            layer.track_range(lo, hi, self.act_momentum)
+            return xq, wq
+        if layer.act_seen:
+            return quantize_inputs(x, weight, bits, layer.act_lo, layer.act_hi, ste=ste)[:2]
+        return quantize_inputs(x, weight, bits, ste=ste)[:2]
+
+    def round_error(self, error: torch.Tensor, bits: int, key: torch.Tensor) -> torch.Tensor:
+        return stochastic_round_tensor(error, bits, key)
+
+
+@dataclass(frozen=True)
+class FloatFormatQuantizer(Quantizer):
+    """A simulated float format (floatfmt.py): activations and weights rounded to ``fmt``
+    (``rounding``: nearest or stochastic), errors stochastically to ``error_fmt`` (default
+    ``fmt``; e.g. hybrid FP8: E4M3 forward, E5M2 errors). The format fixes the widths."""
+
+    fmt: FloatFormat
+    error_fmt: FloatFormat | None = None  # None: the same as fmt
+    rounding: str = "nearest"
+    overflow: str = "saturate"
+    quantize_errors: bool = True
+
+    def __post_init__(self) -> None:
+        if self.error_fmt is None:
+            object.__setattr__(self, "error_fmt", self.fmt)
+
+    @property
+    def format_bits(self) -> tuple[int, int]:
+        return self.fmt.bits, self.error_fmt.bits
+
+    def inputs(self, layer: QuantMixin, x: torch.Tensor, weight: torch.Tensor,
+               ste: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # independent noise for the activation and the weight (one key each, in this order)
+        stochastic = self.rounding == "stochastic"
+        key_x = layer.rng.next_key(x.device) if stochastic else None
+        key_w = layer.rng.next_key(x.device) if stochastic else None
+        xq = quantize_float(x.detach(), self.fmt, self.rounding, self.overflow, key_x)
+        wq = quantize_float(weight.detach(), self.fmt, self.rounding, self.overflow, key_w)
+        return StraightThrough.apply(x, weight, xq, wq) if ste else (xq, wq)
+
+    def round_error(self, error: torch.Tensor, bits: int, key: torch.Tensor) -> torch.Tensor:
+        return quantize_float(error, self.error_fmt, "stochastic", self.overflow, key)
+
+
+def _fixed_point(cfg: QuantConfig) -> Quantizer:
+    return FixedPointQuantizer(cfg.quantize_errors, cfg.act_momentum)
+
+
+def _float_format(cfg: QuantConfig) -> Quantizer:
+    fmt = FloatFormat(cfg.exp_bits, cfg.man_bits, cfg.has_inf)
+    error_fmt = None if cfg.error_exp_bits is None else \
+        FloatFormat(cfg.error_exp_bits, cfg.error_man_bits, True)
+    return FloatFormatQuantizer(fmt, error_fmt, cfg.rounding, cfg.overflow, cfg.quantize_errors)
+
+
+# ``quant.format`` -> builder; config.QUANT_FORMATS names the same keys (tested), so that
+# validation stays torch-free. A new format: a Quantizer subclass and one entry here.
+QUANTIZERS: dict[str, Callable[[QuantConfig], Quantizer]] = {"fixed": _fixed_point,
+                                                             "float": _float_format}
+
+
+def build_quantizer(cfg: QuantConfig) -> Quantizer:
+    """The quantizer the ``quant`` config group describes (``quant.format``)."""
+    return QUANTIZERS[cfg.format](cfg)
+
+
+def format_bits(cfg: QuantConfig) -> tuple[int, int] | None:
+    """(forward, backward) widths a float format imposes, its fixed precision; None for
+    fixed point (the schedule chooses the bits)."""
+    return build_quantizer(cfg).format_bits

@@ -14,18 +14,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from cprec import runs
+from cprec.build import ModelParts, build_model_parts
 from cprec.config import TrainConfig
-from cprec.cost import CostLedger, measure_macs
-from cprec.data import BatchStream, build_dataset
-from cprec.engine import pick_device, seed_everything, sgd_step
 from cprec.errors import CprecError
-from cprec.models import build_model
-from cprec.optim import build_optimizer
 from cprec.paths import prt_result_path
-from cprec.quant import build_quantized, layer_bits, set_precision
+from cprec.quant import layer_bits, set_precision
+from cprec.step import TrainStep
 
 log = logging.getLogger("cprec")
 
@@ -49,36 +44,38 @@ def find_bounds(curve: list[dict], threshold: float, upper_bits: int | str) -> t
     return lower, upper
 
 
+def _train_level(parts: ModelParts, step: TrainStep, bits: int, bw: int, steps: int,
+                 smoothing: int) -> dict:
+    """Train ``steps`` steps at ``bits``; the level's row of the curve (last steps averaged)."""
+    task, metric = parts.task, parts.task.metric
+    set_precision(parts.model, bits, bw)
+    layers = layer_bits(parts.model)
+    records = []
+    for _ in range(steps):
+        batch = task.next_batch()
+        loss, out = step(batch)
+        parts.ledger.add(layers, task.batch_samples(batch))
+        window = task.new_window()
+        window.add(loss, out, batch)
+        records.append(window.record())
+    last = records[-smoothing:]
+    return {"bits": bits, "steps": steps,
+            f"train_{metric}": sum(r[f"train_{metric}"] for r in last) / len(last),
+            "train_loss": sum(r["train_loss"] for r in last) / len(last)}
+
+
 def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
     """Run the test, write prt.json (run dir and outputs/prt/<model>-<dataset>.json), a plot."""
+    from cprec.plots import prt_curve
+
     p = cfg.prt
-    device = pick_device(cfg.trainer.device)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    seed_everything(cfg.seed)
-    data = build_dataset(cfg.dataset).to(device)
-    model, _ = build_quantized(build_model(cfg.model, data.info), cfg.quant, cfg.seed)
-    model.to(device).train()
-    ledger = CostLedger(measure_macs(model, data.x_train[:1]))
-    optimizer = build_optimizer(model, cfg.optim)
-    stream = BatchStream(data, p.batch_size, cfg.seed, device)
+    parts = build_model_parts(cfg, p.batch_size)
+    step = TrainStep(parts.task, parts.model, parts.optimizer)
     bw = cfg.schedule.bw_bits
     curve: list[dict] = []
     lower = upper = None
     for bits in range(p.start_bits, p.max_bits + 1):
-        set_precision(model, bits, bw)
-        layer = layer_bits(model)
-        accs, losses = [], []
-        for _ in range(p.steps_per_bits):
-            x, y = stream.next()
-            loss, out = sgd_step(model, optimizer, x, y)
-            ledger.add(layer, len(y))
-            accs.append((out.argmax(1) == y).float().mean())
-            losses.append(loss)
-        k = p.smoothing
-        row = {"bits": bits, "steps": p.steps_per_bits,
-               "train_acc": float(torch.stack(accs[-k:]).mean()),
-               "train_loss": float(torch.stack(losses[-k:]).mean())}
+        row = _train_level(parts, step, bits, bw, p.steps_per_bits, p.smoothing)
         curve.append(row)
         log.info("PRT %2d bits: train_acc %.4f  train_loss %.4f", bits, row["train_acc"],
                  row["train_loss"])
@@ -93,10 +90,10 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
         upper = curve[-1]["bits"]
     result = {"status": "completed", "model": cfg.model.name, "dataset": cfg.dataset.name,
               "lower_bits": lower, "upper_bits": upper, "threshold": p.threshold,
-              "steps": sum(r["steps"] for r in curve), "gbitops": ledger.gbitops,
-              "bw_bits": bw, "batch_size": stream.batch_size, "seed": cfg.seed, "curve": curve}
+              "steps": sum(r["steps"] for r in curve), "gbitops": parts.ledger.gbitops,
+              "bw_bits": bw, "batch_size": parts.task.batch_size, "seed": cfg.seed, "curve": curve}
     runs.write_json(out_dir / "prt.json", result)
-    _plot(curve, lower, upper, out_dir / "prt.png", f"{cfg.model.name} on {cfg.dataset.name}")
+    prt_curve(curve, lower, upper, out_dir / "prt.png", f"{cfg.model.name} on {cfg.dataset.name}")
     shared = prt_result_path(cfg.output_root, cfg.model.name, cfg.dataset.name)
     runs.write_json(shared, result)
     result["path"] = str(shared)
@@ -114,20 +111,3 @@ def format_curve(result: dict) -> str:
         lines.append(f"| {r['bits']} | {r['train_acc']:.4f} | {r['train_loss']:.4f} | {gain} |{mark}")
         prev = r["train_acc"]
     return "\n".join(lines)
-
-
-def _plot(curve: list[dict], lower: int, upper: int, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([r["bits"] for r in curve], [r["train_acc"] for r in curve], "o-")
-    ax.axvline(lower, color="tab:green", ls="--", label=f"lower = {lower}")
-    ax.axvline(upper, color="tab:red", ls="--", label=f"upper = {upper}")
-    ax.set(xlabel="forward bits", ylabel="smoothed train accuracy", title=f"PRT: {title}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

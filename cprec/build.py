@@ -1,0 +1,121 @@
+"""One home for a run's set-up: `cprec train`, `cprec prt`, `cprec schedule` and the
+benchmarks all assemble their parts here, in the same order, from the same config.
+
+``plan_run`` resolves what is known without loading data (length, bounds, schedule);
+``build_run`` loads the data and builds model, quantizer, ledger, optimizer and the
+precision that drives the layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cprec.bounds import resolve_bounds
+from cprec.config import TrainConfig, TrainerConfig
+from cprec.cost import CostLedger, measure_macs
+from cprec.errors import ConfigError
+from cprec.models import build_model
+from cprec.optim import build_lr_scheduler, build_optimizer
+from cprec.precision import ScheduledPrecision
+from cprec.quant import QuantRNG, build_quantized, format_bits
+from cprec.rng import seed_everything
+from cprec.schedules import PrecisionSchedule, build_schedule
+from cprec.tasks import Task, build_task, task_shape
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` takes CUDA when present; nothing else in cprec names a device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", name, "no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Full batches per pass over the data (the last partial batch is dropped)."""
+    return max(n_train // min(batch_size, n_train), 1)
+
+
+def total_steps(trainer: TrainerConfig, n_train: int) -> int:
+    """``trainer.steps`` when set, else ``trainer.epochs`` passes over the training data."""
+    return trainer.steps or trainer.epochs * steps_per_epoch(n_train, trainer.batch_size)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, known before any data is loaded."""
+
+    total_steps: int
+    schedule: PrecisionSchedule
+    bounds_source: str
+
+
+def plan_run(cfg: TrainConfig, n_train: int | None = None) -> RunPlan:
+    """Length, precision bounds and schedule of the run ``cfg`` describes.
+
+    ``n_train`` is the number of training samples; without it the dataset's known size is
+    used (schedule previews), so nothing is loaded.
+    """
+    if n_train is None:
+        n_train = task_shape(cfg.dataset)[1]
+    steps = total_steps(cfg.trainer, n_train)
+    lo, hi, source = resolve_bounds(cfg)
+    schedule = build_schedule(cfg.schedule, steps, (lo, hi), format_bits(cfg.quant))
+    return RunPlan(steps, schedule, source)
+
+
+@dataclass
+class ModelParts:
+    """Data, quantized model, cost ledger and optimizer: what every training-like job needs."""
+
+    cfg: TrainConfig
+    device: torch.device
+    task: Task
+    model: nn.Module
+    qrng: QuantRNG
+    ledger: CostLedger
+    optimizer: torch.optim.Optimizer
+
+
+def build_model_parts(cfg: TrainConfig, batch_size: int) -> ModelParts:
+    """Seed, load the task's data, build and quantize the model, measure its MACs.
+
+    The order is part of the result: the seed comes first, then the data, then the model's
+    initialization draws from the seeded generator.
+    """
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    device = pick_device(cfg.trainer.device)
+    seed_everything(cfg.seed)
+    task = build_task(cfg, device, batch_size)
+    model, qrng = build_quantized(build_model(cfg.model, task.info), cfg.quant, cfg.seed)
+    model.to(device).train()
+    ledger = CostLedger(measure_macs(model, task.sample_input()))
+    return ModelParts(cfg, device, task, model, qrng, ledger, build_optimizer(model, cfg.optim))
+
+
+@dataclass
+class RunParts(ModelParts):
+    """A training run's parts: the model parts plus its plan, lr schedule and precision."""
+
+    plan: RunPlan
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: ScheduledPrecision
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
+
+
+def build_run(cfg: TrainConfig) -> RunParts:
+    """Assemble a training run from a validated config."""
+    resolve_bounds(cfg)  # a missing or foreign PRT result fails before the data loads
+    core = build_model_parts(cfg, cfg.trainer.batch_size)
+    plan = plan_run(cfg, core.task.n_train)
+    lr_scheduler = build_lr_scheduler(core.optimizer, plan.total_steps, cfg.optim)
+    precision = ScheduledPrecision(plan.schedule, core.model)
+    return RunParts(**vars(core), plan=plan, lr_scheduler=lr_scheduler, precision=precision)

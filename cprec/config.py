@@ -11,10 +11,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cprec.errors import ConfigError
+from cprec.errors import ConfigError, CprecError
 
-BOUNDS_MODES = ("auto", "prt", "config")
 DEVICES = ("auto", "cpu", "cuda")
+QUANT_FORMATS = ("fixed", "float")
+FLOAT_ROUNDING = ("nearest", "stochastic")
+FLOAT_OVERFLOW = ("saturate", "inf")
+# Settings that change where a run writes, how it is shown or how fast it goes, never what it
+# computes: a resumed run may change them, `cprec report` does not group runs by them, and
+# Hydra leaves them out of sweep job names (train.yaml's exclude_keys, tested to agree).
+RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "dataset.root", "dataset.download",
+                       "trainer.progress", "trainer.threads", "trainer.device",
+                       "trainer.checkpoint_every")
 
 
 @dataclass
@@ -113,8 +121,9 @@ class PrtConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    resume: str | None = None
+    resume: str | None = None  # a run directory to continue (its saved overrides are reused)
     output_root: str = "outputs"
+    logger: str = "none"  # none | tensorboard: where metrics go besides metrics.jsonl
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -142,68 +151,100 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     return obj
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise the one-line ConfigError for ``key`` unless ``ok``."""
     if not ok:
         raise ConfigError(key, value, allowed)
 
 
-def _check_bits(key: str, value: Any) -> None:
-    _require(isinstance(value, int) and 1 <= value <= 32, key, value, "bits must be in 1..32")
+def require_choice(key: str, value: Any, choices: Any) -> None:
+    """``value`` must be one of ``choices`` (a tuple, or a registry's keys)."""
+    require(value in choices, key, value, f"choose one of {list(choices)}")
+
+
+def check_bits(key: str, value: Any) -> None:
+    require(isinstance(value, int) and 1 <= value <= 32, key, value, "bits must be in 1..32")
+
+
+def _positive_or_null(key: str, value: Any, what: str) -> None:
+    require(value is None or value > 0, key, value, f"must be a positive {what} or null")
+
+
+def check_trainer(t: TrainerConfig) -> None:
+    require(t.epochs > 0, "trainer.epochs", t.epochs, "must be a positive number of epochs")
+    _positive_or_null("trainer.steps", t.steps, "number of steps")
+    require(t.batch_size > 0, "trainer.batch_size", t.batch_size, "must be positive")
+    require(t.eval_batch_size > 0, "trainer.eval_batch_size", t.eval_batch_size, "must be positive")
+    for key in ("eval_every", "checkpoint_every"):
+        _positive_or_null(f"trainer.{key}", getattr(t, key), "step count")
+    require_choice("trainer.device", t.device, DEVICES)
+    _positive_or_null("trainer.threads", t.threads, "thread count")
+
+
+def check_dataset(d: DatasetConfig) -> None:
+    for key in ("train_subset", "test_subset"):
+        _positive_or_null(f"dataset.{key}", getattr(d, key), "count")
+
+
+def check_quant(q: QuantConfig) -> None:
+    require_choice("quant.format", q.format, QUANT_FORMATS)
+    require(1 <= q.exp_bits <= 8, "quant.exp_bits", q.exp_bits, "must be in 1..8")
+    require(0 <= q.man_bits <= 23, "quant.man_bits", q.man_bits, "must be in 0..23")
+    require((q.error_exp_bits is None) == (q.error_man_bits is None), "quant.error_exp_bits",
+            q.error_exp_bits, "set quant.error_exp_bits and quant.error_man_bits together")
+    require(q.error_exp_bits is None or (1 <= q.error_exp_bits <= 8 and 0 <= q.error_man_bits <= 23),
+            "quant.error_exp_bits", q.error_exp_bits, "exponent bits in 1..8, mantissa bits in 0..23")
+    require_choice("quant.rounding", q.rounding, FLOAT_ROUNDING)
+    require_choice("quant.overflow", q.overflow, FLOAT_OVERFLOW)
+    require(0 <= q.act_momentum < 1, "quant.act_momentum", q.act_momentum, "must be in [0, 1)")
+
+
+def check_prt(p: PrtConfig) -> None:
+    check_bits("prt.start_bits", p.start_bits)
+    check_bits("prt.max_bits", p.max_bits)
+    require(p.start_bits < p.max_bits, "prt.start_bits", p.start_bits,
+            f"must be below prt.max_bits={p.max_bits}")
+    require(p.steps_per_bits > 0, "prt.steps_per_bits", p.steps_per_bits, "must be positive")
+    require(p.threshold > 0, "prt.threshold", p.threshold, "must be a positive accuracy gain")
+    require(0 < p.smoothing <= p.steps_per_bits, "prt.smoothing", p.smoothing,
+            f"must be in 1..prt.steps_per_bits={p.steps_per_bits}")
+    require(p.batch_size > 0, "prt.batch_size", p.batch_size, "must be positive")
+    require(p.upper_bits == "auto" or (isinstance(p.upper_bits, int) and 1 <= p.upper_bits <= 32),
+            "prt.upper_bits", p.upper_bits, "an integer in 1..32 or 'auto'")
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Check every value before any work is done; raise ConfigError naming key and range."""
-    t, s, o, q, p = cfg.trainer, cfg.schedule, cfg.optim, cfg.quant, cfg.prt
-    _require(t.epochs > 0, "trainer.epochs", t.epochs, "must be a positive number of epochs")
-    _require(t.steps is None or t.steps > 0, "trainer.steps", t.steps, "must be positive or null")
-    _require(t.batch_size > 0, "trainer.batch_size", t.batch_size, "must be positive")
-    _require(t.eval_batch_size > 0, "trainer.eval_batch_size", t.eval_batch_size, "must be positive")
-    for key in ("eval_every", "checkpoint_every"):
-        v = getattr(t, key)
-        _require(v is None or v > 0, f"trainer.{key}", v, "must be a positive step count or null")
-    _require(t.device in DEVICES, "trainer.device", t.device, f"choose one of {list(DEVICES)}")
-    _require(t.threads is None or t.threads > 0, "trainer.threads", t.threads, "must be positive")
-    for key in ("train_subset", "test_subset"):
-        v = getattr(cfg.dataset, key)
-        _require(v is None or v > 0, f"dataset.{key}", v, "must be a positive count or null")
-    _require(o.name in ("sgd", "adamw"), "optim.name", o.name, "choose one of ['sgd', 'adamw']")
-    _require(o.lr > 0, "optim.lr", o.lr, "the learning rate must be positive")
-    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
-    _require(o.lr_schedule in ("multistep", "cosine", "constant"), "optim.lr_schedule",
-             o.lr_schedule, "choose one of ['multistep', 'cosine', 'constant']")
-    _require(all(0 < m < 1 for m in o.milestones), "optim.milestones", o.milestones,
-             "milestones are fractions of the run in (0, 1)")
-    _require(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
-    for key in ("bits", "bw_bits", "min_bits", "max_bits"):
-        _check_bits(f"schedule.{key}", getattr(s, key))
-    _require(s.min_bits <= s.max_bits, "schedule.min_bits", s.min_bits,
-             f"must not exceed schedule.max_bits={s.max_bits}")
-    _require(s.cycles > 0, "schedule.cycles", s.cycles, "must be a positive number of cycles")
-    _require(s.bounds in BOUNDS_MODES, "schedule.bounds", s.bounds,
-             f"choose one of {list(BOUNDS_MODES)}")
-    _require(s.deficit_steps >= 0, "schedule.deficit_steps", s.deficit_steps, "must be >= 0")
-    _require(q.format in ("fixed", "float"), "quant.format", q.format,
-             "choose one of ['fixed', 'float']")
-    _require(1 <= q.exp_bits <= 8, "quant.exp_bits", q.exp_bits, "must be in 1..8")
-    _require(0 <= q.man_bits <= 23, "quant.man_bits", q.man_bits, "must be in 0..23")
-    _require((q.error_exp_bits is None) == (q.error_man_bits is None), "quant.error_exp_bits",
-             q.error_exp_bits, "set quant.error_exp_bits and quant.error_man_bits together")
-    _require(q.error_exp_bits is None or (1 <= q.error_exp_bits <= 8 and 0 <= q.error_man_bits <= 23),
-             "quant.error_exp_bits", q.error_exp_bits, "exponent bits in 1..8, mantissa bits in 0..23")
-    _require(q.rounding in ("nearest", "stochastic"), "quant.rounding", q.rounding,
-             "choose one of ['nearest', 'stochastic']")
-    _require(q.overflow in ("saturate", "inf"), "quant.overflow", q.overflow,
-             "choose one of ['saturate', 'inf']")
-    _require(0 <= q.act_momentum < 1, "quant.act_momentum", q.act_momentum, "must be in [0, 1)")
-    _check_bits("prt.start_bits", p.start_bits)
-    _check_bits("prt.max_bits", p.max_bits)
-    _require(p.start_bits < p.max_bits, "prt.start_bits", p.start_bits,
-             f"must be below prt.max_bits={p.max_bits}")
-    _require(p.steps_per_bits > 0, "prt.steps_per_bits", p.steps_per_bits, "must be positive")
-    _require(p.threshold > 0, "prt.threshold", p.threshold, "must be a positive accuracy gain")
-    _require(0 < p.smoothing <= p.steps_per_bits, "prt.smoothing", p.smoothing,
-             f"must be in 1..prt.steps_per_bits={p.steps_per_bits}")
-    _require(p.batch_size > 0, "prt.batch_size", p.batch_size, "must be positive")
-    _require(p.upper_bits == "auto" or (isinstance(p.upper_bits, int) and 1 <= p.upper_bits <= 32),
-             "prt.upper_bits", p.upper_bits, "an integer in 1..32 or 'auto'")
+    """Check every value before any work is done; raise ConfigError naming key and range.
+
+    Each group is checked next to the choices it names: schedules in schedules.py, the
+    optimizer and lr schedule in optim.py, metric sinks in loggers.py (imported lazily,
+    they are cheap); model and dataset names by their registries when built.
+    """
+    from cprec.loggers import SINKS
+    from cprec.optim import check_optim
+    from cprec.schedules import check_schedule
+
+    check_trainer(cfg.trainer)
+    check_dataset(cfg.dataset)
+    check_optim(cfg.optim)
+    check_schedule(cfg.schedule)
+    check_quant(cfg.quant)
+    check_prt(cfg.prt)
+    require_choice("logger", cfg.logger, SINKS)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_run(saved: dict, current: dict, run_dir: Any) -> None:
+    """Refuse to continue a checkpoint under a config that computes something else."""
+    a, b = _flatten(saved), _flatten(current)
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESULT_NEUTRAL_KEYS]
+    if diff:
+        k = diff[0]
+        raise CprecError(f"{run_dir} holds a run with {k}={a.get(k)!r}, not {b.get(k)!r}; resume it "
+                         f"with its own settings (cprec train resume={run_dir}) or use a new run dir")

@@ -1,41 +1,91 @@
-"""Optimizers and per-step learning-rate schedules from the ``optim`` config group."""
+"""Optimizers and per-step learning-rate schedules from the ``optim`` config group.
+
+Both are registries (name -> builder / factor function), so the names the config accepts
+are these dicts' keys and nothing else. Torch is imported only when an optimizer is built,
+so config validation stays cheap.
+"""
 
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import nn
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cprec.config import OptimConfig
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def _sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    import torch
+
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    import torch
+
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = {
+    "sgd": _sgd, "adamw": _adamw}
+
+
+def _multistep(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    return cfg.gamma ** sum(step >= int(m * total_steps) for m in cfg.milestones)
+
+
+def _cosine(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    span = max(total_steps - cfg.warmup_steps, 1)
+    return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / span))
+
+
+def _constant(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    return 1.0
+
+
+LR_SCHEDULES: dict[str, Callable[[int, int, OptimConfig], float]] = {
+    "multistep": _multistep, "cosine": _cosine, "constant": _constant}
+
+
+def check_optim(cfg: OptimConfig) -> None:
+    """Every optimizer setting, before any work (config.validate calls this)."""
+    from cprec.config import require, require_choice
+
+    require_choice("optim.name", cfg.name, OPTIMIZERS)
+    require(cfg.lr > 0, "optim.lr", cfg.lr, "the learning rate must be positive")
+    require(cfg.weight_decay >= 0, "optim.weight_decay", cfg.weight_decay, "must be >= 0")
+    require(0 <= cfg.momentum < 1, "optim.momentum", cfg.momentum, "must be in [0, 1)")
+    require_choice("optim.lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+    require(all(0 < m < 1 for m in cfg.milestones), "optim.milestones", cfg.milestones,
+            "milestones are fractions of the run in (0, 1)")
+    require(cfg.warmup_steps >= 0, "optim.warmup_steps", cfg.warmup_steps, "must be >= 0")
+
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) or AdamW; BatchNorm and bias parameters get no weight decay."""
+    """The configured optimizer; BatchNorm and bias parameters get no weight decay."""
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                           nesterov=cfg.nesterov and cfg.momentum > 0)
+    return OPTIMIZERS[cfg.name](groups, cfg)
 
 
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Multiplier of the base lr at ``step``: linear warm-up, then multistep/cosine/constant."""
+    """Multiplier of the base lr at ``step``: linear warm-up, then the configured schedule."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "multistep":
-        return cfg.gamma ** sum(step >= int(m * total_steps) for m in cfg.milestones)
-    if cfg.lr_schedule == "cosine":
-        span = max(total_steps - cfg.warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / span))
-    return 1.0
+    return LR_SCHEDULES[cfg.lr_schedule](step, total_steps, cfg)
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
                        cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    import torch
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer,
                                              lambda s: lr_factor(s, total_steps, cfg))

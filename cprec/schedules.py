@@ -8,14 +8,18 @@ PAPERS.md sections 1-2: period T = floor(N / C), z = (t mod T) / T, D = max - mi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cprec.config import ScheduleConfig
 from cprec.errors import ConfigError
 
+if TYPE_CHECKING:
+    from cprec.config import ScheduleConfig
+
 KINDS = ("fp32", "static", "cyclic", "deficit")
-PROFILES = ("cosine", "linear", "exp", "rex")
 SHAPES = ("growth", "decay", "triangular")
+BOUNDS_MODES = ("auto", "prt", "config")  # where a cyclic run's min/max bits come from
 
 
 def cyclic_bits(step: int, total_steps: int, cycles: int, lo: int, hi: int,
@@ -30,7 +34,7 @@ def cyclic_bits(step: int, total_steps: int, cycles: int, lo: int, hi: int,
     cycle, z = divmod(step, period)
     z /= period
     rising = shape == "growth" or (shape == "triangular" and cycle % 2 == 0)
-    from_min, term = _table_term(profile, z)
+    from_min, term = PROFILES[profile](z)
     value = lo + (hi - lo) * term if from_min == rising else hi - (hi - lo) * term
     # rint of the exact value: ties are common (linear 3..8 mid-cycle: 5.5; linear decay 1..16
     # at z = 5/6: 3.5; cosine 2..8 at z = 1/3: 3.5) and float evaluation lands them an ulp
@@ -38,19 +42,57 @@ def cyclic_bits(step: int, total_steps: int, cycles: int, lo: int, hi: int,
     return int(round(round(value, 9)))
 
 
-def _table_term(profile: str, z: float) -> tuple[bool, float]:
-    """(growth is written from b_min, term f) of PAPERS.md section 2's table: growth is
-    b_min + D f (cosine, linear) or b_max - D f (exp, rex); decay is the mirror image."""
-    if profile == "cosine":
-        return True, 0.5 * (1 - math.cos(math.pi * z))
-    if profile == "linear":
-        return True, z
-    if profile == "exp":
-        return False, math.exp(-4 * z)
-    if profile == "rex":
-        y = 1 - z
-        return False, y / (0.1 + 0.9 * y)
-    raise ConfigError("schedule.profile", profile, f"choose one of {list(PROFILES)}")
+def _cosine(z: float) -> tuple[bool, float]:
+    return True, 0.5 * (1 - math.cos(math.pi * z))
+
+
+def _linear(z: float) -> tuple[bool, float]:
+    return True, z
+
+
+def _exp(z: float) -> tuple[bool, float]:
+    return False, math.exp(-4 * z)
+
+
+def _rex(z: float) -> tuple[bool, float]:
+    y = 1 - z
+    return False, y / (0.1 + 0.9 * y)
+
+
+# PAPERS.md section 2's table, one entry per profile: term(z) -> (growth is written from
+# b_min, f): growth is b_min + D f (cosine, linear) or b_max - D f (exp, rex); decay is its
+# mirror image. Adding a profile is one function and one entry here.
+PROFILES: dict[str, Callable[[float], tuple[bool, float]]] = {
+    "cosine": _cosine, "linear": _linear, "exp": _exp, "rex": _rex}
+
+
+def check_schedule(cfg: ScheduleConfig) -> None:
+    """Every schedule setting, before any work (config.validate calls this)."""
+    from cprec.config import check_bits, require, require_choice
+
+    require_choice("schedule.kind", cfg.kind, KINDS)
+    require_choice("schedule.profile", cfg.profile, PROFILES)
+    require_choice("schedule.shape", cfg.shape, SHAPES)
+    for key in ("bits", "bw_bits", "min_bits", "max_bits"):
+        check_bits(f"schedule.{key}", getattr(cfg, key))
+    require(cfg.min_bits <= cfg.max_bits, "schedule.min_bits", cfg.min_bits,
+            f"must not exceed schedule.max_bits={cfg.max_bits}")
+    require(cfg.cycles > 0, "schedule.cycles", cfg.cycles, "must be a positive number of cycles")
+    require_choice("schedule.bounds", cfg.bounds, BOUNDS_MODES)
+    require(cfg.deficit_steps >= 0, "schedule.deficit_steps", cfg.deficit_steps, "must be >= 0")
+
+
+def check_fits_run(cfg: ScheduleConfig, total_steps: int) -> None:
+    """A schedule must fit the run's length; the message says how to make a short run fit."""
+    if cfg.kind == "cyclic" and cfg.cycles > total_steps:
+        raise ConfigError("schedule.cycles", cfg.cycles,
+                          f"{cfg.cycles} cycles need at least {cfg.cycles} training steps and the run "
+                          f"has {total_steps}; set schedule.cycles=<n> with n <= {total_steps} "
+                          f"(e.g. schedule.cycles={max(1, total_steps // 10)}), or use schedule=static "
+                          f"for a quick smoke test")
+    if cfg.kind == "deficit" and cfg.deficit_steps > total_steps:
+        raise ConfigError("schedule.deficit_steps", cfg.deficit_steps,
+                          f"must not exceed the run's {total_steps} training steps")
 
 
 @dataclass(frozen=True)
@@ -102,19 +144,9 @@ def build_schedule(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int
     configured ones; ``fixed_bits`` (a float format's width, or its (forward, backward)
     widths) replaces the static bits.
     """
-    if cfg.kind not in KINDS:
-        raise ConfigError("schedule.kind", cfg.kind, f"choose one of {list(KINDS)}")
-    if cfg.profile not in PROFILES:
-        raise ConfigError("schedule.profile", cfg.profile, f"choose one of {list(PROFILES)}")
-    if cfg.shape not in SHAPES:
-        raise ConfigError("schedule.shape", cfg.shape, f"choose one of {list(SHAPES)}")
+    check_schedule(cfg)
+    check_fits_run(cfg, total_steps)
     lo, hi = bounds if bounds is not None else (cfg.min_bits, cfg.max_bits)
-    if cfg.kind == "cyclic" and cfg.cycles > total_steps:
-        raise ConfigError("schedule.cycles", cfg.cycles,
-                          f"must not exceed the run's {total_steps} training steps")
-    if cfg.kind == "deficit" and cfg.deficit_steps > total_steps:
-        raise ConfigError("schedule.deficit_steps", cfg.deficit_steps,
-                          f"must not exceed the run's {total_steps} training steps")
     bits, bw = cfg.bits, cfg.bw_bits
     if fixed_bits is not None:
         if cfg.kind not in ("fp32", "static"):

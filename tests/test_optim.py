@@ -1,0 +1,51 @@
+"""The learning-rate factor and the optimizer registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cprec.config import OptimConfig
+from cprec.errors import ConfigError
+from cprec.optim import LR_SCHEDULES, OPTIMIZERS, build_optimizer, check_optim, lr_factor
+
+
+def test_multistep_drops_by_gamma_at_each_milestone() -> None:
+    """x1 before 50% of the run, x0.1 from 50%, x0.01 from 75% (CPT's recipe)."""
+    cfg = OptimConfig()
+    assert [lr_factor(s, 100, cfg) for s in (0, 49, 50, 74, 75, 99)] == \
+        [1.0, 1.0, 0.1, 0.1, pytest.approx(0.01), pytest.approx(0.01)]
+
+
+def test_warmup_is_linear_from_the_first_step() -> None:
+    """Warm-up reaches the base lr at its last step: (s + 1) / warmup_steps."""
+    cfg = OptimConfig(warmup_steps=4, lr_schedule="constant")
+    assert [lr_factor(s, 100, cfg) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_cosine_runs_from_one_to_zero_after_warmup() -> None:
+    """Cosine: 1 right after warm-up, 0.5 half-way through the rest, -> 0 at the end."""
+    cfg = OptimConfig(lr_schedule="cosine", warmup_steps=10)
+    assert lr_factor(10, 110, cfg) == 1.0
+    assert lr_factor(60, 110, cfg) == pytest.approx(0.5)
+    assert lr_factor(109, 110, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+
+
+def test_names_come_from_the_registries() -> None:
+    """The config accepts exactly the registries' names, and says which."""
+    assert set(OPTIMIZERS) == {"sgd", "adamw"} and set(LR_SCHEDULES) == {"multistep", "cosine", "constant"}
+    with pytest.raises(ConfigError, match="choose one of \\['sgd', 'adamw'\\]"):
+        check_optim(OptimConfig(name="lamb"))
+    with pytest.raises(ConfigError, match="optim.lr_schedule='step'"):
+        check_optim(OptimConfig(lr_schedule="step"))
+
+
+def test_no_weight_decay_on_biases_and_batchnorm() -> None:
+    """Matrices and kernels decay; 1-D parameters (bias, BN scale/shift) do not."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    opt = build_optimizer(model, OptimConfig(weight_decay=1e-3))
+    decay, no_decay = opt.param_groups
+    assert [p.dim() for p in decay["params"]] == [2] and decay["weight_decay"] == 1e-3
+    assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -21,3 +22,8 @@ class ConfigError(CprecError):
 
 class DataError(CprecError):
     """A dataset that cannot be found or read."""
+
+
+def fail_line(message: str) -> None:
+    """The one line a user mistake ends with (stderr); the caller chooses the exit code."""
+    print(f"cprec: error: {message}", file=sys.stderr, flush=True)

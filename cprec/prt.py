@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -10,7 +9,7 @@ from omegaconf import DictConfig
 
 from cprec.config import register_schemas, to_train_config
 from cprec.paths import config_dir
-from cprec.shell import check_writable, finish_sweep, pin_sweep_dir, run_task
+from cprec.shell import output_dir, run_task, shell_main
 
 register_schemas()
 
@@ -29,7 +28,6 @@ def hydra_main(cfg: DictConfig) -> None:
 
     def failed(message: str) -> None:
         from cprec.runs import write_json
-        from cprec.shell import output_dir
 
         write_json(output_dir() / "prt.json", {"status": "failed", "error": message})
 
@@ -37,8 +35,4 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main_cli(argv: list[str]) -> int:
-    argv, sweep = pin_sweep_dir(argv, "prt")
-    check_writable(argv)
-    sys.argv = [sys.argv[0], *argv]
-    hydra_main()
-    return finish_sweep(sweep, "prt.json")
+    return shell_main(argv, hydra_main, config_name="prt", job="prt", result_file="prt.json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -10,7 +9,7 @@ from omegaconf import DictConfig
 
 from cprec.config import register_schemas, to_train_config
 from cprec.paths import config_dir
-from cprec.shell import check_writable, run_task
+from cprec.shell import run_task, shell_main
 
 register_schemas()
 
@@ -30,7 +29,4 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main_cli(argv: list[str]) -> int:
-    check_writable(argv)
-    sys.argv = [sys.argv[0], *argv]
-    hydra_main()
-    return 0
+    return shell_main(argv, hydra_main, config_name="preview", job="schedule")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -70,8 +71,13 @@ def test_fp32_run_reports_full_precision_cost(tmp_path: Path) -> None:
     """fp32: 32 bits, relative cost 1, GBitOPs = steps * batch * MACs * 3072 / 1e9."""
     out = run_cli(["train", *FAST, "schedule=fp32"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    s = read_summary(only_run_dir(tmp_path / "outputs"))
+    run_dir = only_run_dir(tmp_path / "outputs")
+    s = read_summary(run_dir)
     assert (s["bits_fw_min"], s["bits_fw_max"], s["bits_bw"], s["relative_cost"]) == (32, 32, 32, 1.0)
+    verdict, where = out.stdout.splitlines()[-2:]  # the result block ends the output
+    assert verdict.startswith(f"completed  final acc {s['final_acc']:.4f}  best {s['best_acc']:.4f}  ")
+    assert f"{s['gbitops']:.3g} GBitOPs (1.0000 of fp32)  train " in verdict
+    assert where == f"run dir  {run_dir.relative_to(tmp_path)}"
     macs = 64 * 256 + 256 * 256 + 256 * 10  # mlp on 8x8 digits
     assert s["macs_per_sample"] == macs
     assert s["gbitops"] == pytest.approx(24 * 128 * macs * 3072 / 1e9, rel=1e-12)
@@ -110,12 +116,48 @@ def test_fashion_mnist_trains(tmp_path: Path) -> None:
     (["train", "schedule.bits=40", "schedule=static"], "schedule.bits=40", 2),
     (["train", "schedule.min_bits=8", "schedule.max_bits=4"], "schedule.min_bits", 2),
     (["train", "trainer.steps=10", "schedule.cycles=32"], "schedule.cycles", 2),
-    (["train", "model=vgg"], "model", 1),  # Hydra's own error for an unknown group option
+    (["train", "model=vgg"], "model=vgg is invalid: choose one of ['lenet', 'mlp'", 2),
+    (["train", "trainer.steps=abc"], "trainer.steps=abc is invalid: value 'abc' of type 'str'", 2),
+    (["train", "trainer.stepz=3"], "trainer.stepz=3 is invalid: key 'stepz' not in", 2),
+    (["train", "schedule.bits=[8"], "schedule.bits=[8 is invalid: no viable alternative", 2),
+    (["train", "-m", "seed=0,1", "trainer.steps=10,abc"], "trainer.steps=abc is invalid", 2),
+    (["prt", "-m", "model=mlp,resnet999"], "model=resnet999 is invalid: choose one of", 2),
     (["train", "schedule.bounds=prt"], "cprec prt model=resnet20 dataset=digits", 2),
     (["nonsense"], "unknown command", 2),
 ])
 def test_user_errors_are_one_line(tmp_path: Path, args: list[str], needle: str, code: int) -> None:
+    """cprec's validation and Hydra's composition errors alike: one line, exit 2, no run dir."""
     out = run_cli(args, tmp_path)
     assert out.returncode == code, out.stderr
     assert needle in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not list((tmp_path / "outputs").rglob("*.yaml")) if (tmp_path / "outputs").exists() else True
+
+
+def test_hydra_overrides_pass_preflight(tmp_path: Path) -> None:
+    """The pre-flight composes Hydra's own settings too, and lets valid ones through."""
+    out = run_cli(["train", "--cfg", "hydra", "hydra/launcher=parallel", "hydra.launcher.n_jobs=3",
+                   "hydra.run.dir=elsewhere"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "n_jobs: 3" in out.stdout and "dir: elsewhere" in out.stdout
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_sweep_lands_under_cprec_output_root(tmp_path: Path) -> None:
+    """CPREC_OUTPUT_ROOT moves sweeps too (they used to land in ./outputs), and a sweep ends
+    with one line per job and the report command."""
+    root = tmp_path / "elsewhere"
+    # run_cli drops CPREC_OUTPUT_ROOT (tests must not write elsewhere), so call the CLI here
+    env = {**os.environ, "CPREC_KERNELS": "reference", "CPREC_OUTPUT_ROOT": str(root)}
+    out = subprocess.run([sys.executable, "-m", "cprec.cli", "train", "-m", *FAST, "seed=3",
+                          "trainer.threads=1"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists()
+    (sweep,) = (root / "train-multirun").glob("*/*")
+    assert read_summary(only_run_dir(sweep))["status"] == "completed"
+    lines = out.stdout.splitlines()
+    shown = sweep.relative_to(tmp_path)  # paths below the working dir are shown relative
+    assert lines[-3] == f"sweep {shown}: 1 job(s)"
+    assert lines[-2].startswith("0  completed  final acc ")  # one job: nothing differs
+    assert lines[-1] == f"next: cprec report {shown}"

@@ -6,6 +6,7 @@ Tiny runs (20 steps on digits) in a subprocess with cwd=tmp, so outputs land in 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 from pathlib import Path
@@ -66,6 +67,13 @@ def test_sweep_runs_every_job_into_readable_dirs(sweep4) -> None:
         assert "trainer.progress" not in names[num]
     assert [s["status"] for s in summaries(sweep)] == ["completed"] * 4
     assert (sweep / "multirun.yaml").is_file()
+    # it ends with one line per job (the overrides that differ) and the next command
+    lines = result.stdout.splitlines()[-6:]
+    assert lines[0] == f"sweep {sweep.relative_to(sweep.parents[3])}: 4 job(s)"
+    for num, (line, s) in enumerate(zip(lines[1:5], summaries(sweep))):
+        assert line.startswith(f"{num} schedule={s['schedule']} seed={s['seed']} ")
+        assert f"  completed  final acc {s['final_acc']:.4f}  best {s['best_acc']:.4f}  " in line
+    assert lines[5] == f"next: cprec report {sweep.relative_to(sweep.parents[3])}"
 
 
 def test_report_of_real_sweep_equals_the_summaries(sweep4) -> None:
@@ -100,10 +108,14 @@ def test_failed_and_diverged_jobs_do_not_stop_the_sweep(tmp_path) -> None:
     result = cprec("train", "-m", "schedule=cpt_cosine", "schedule.bounds=config,prt",
                    "optim.lr=0.1,1e8", "trainer.threads=1", *TINY, cwd=tmp_path)
     assert result.returncode == 1
-    assert "3 job(s) of the sweep" in result.stderr and "did not complete" in result.stderr
+    assert "3 job(s) of the sweep" in result.stderr and "did not complete (1 diverged, 2 failed)" \
+        in result.stderr
     sweep = only_sweep_dir(tmp_path)
     statuses = [s["status"] for s in summaries(sweep)]
     assert statuses == ["completed", "diverged", "failed", "failed"]
+    jobs = result.stdout.splitlines()[-5:-1]  # the per-job lines name each job's status
+    assert [re.split(r"\s{2,}", line)[1] for line in jobs] == statuses
+    assert jobs[2].startswith("2 schedule.bounds=prt optim.lr=0.1 ") and "no PRT result" in jobs[2]
     assert "no PRT result" in summaries(sweep)[2]["error"]
     report = cprec("report", str(sweep), cwd=tmp_path)
     assert report.returncode == 0, report.stderr

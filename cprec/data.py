@@ -83,31 +83,40 @@ def _find_idx(dirs: list[Path], stem: str) -> Path | None:
     return None
 
 
+IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
 def _mnist_like(cfg: DatasetConfig, name: str) -> tuple:
+    """MNIST-format IDX files. An explicit ``dataset.root`` is the only place looked in (a
+    root that lacks the files is an error naming them, never a silent load from elsewhere);
+    without one: cprec's data cache, then Debian's package folder (Fashion-MNIST)."""
     tv_dir = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
-    roots = [Path(cfg.root).expanduser()] if cfg.root else [DEFAULT_DATA_ROOT]
-    dirs = [d for r in roots for d in (r, r / tv_dir / "raw", r / name)]
-    if name == "fashion_mnist":
+    root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_DATA_ROOT
+    dirs = [root, root / tv_dir / "raw", root / name]
+    if name == "fashion_mnist" and not cfg.root:
         dirs.append(DEBIAN_FASHION_MNIST)
-    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    found = [_find_idx(dirs, s) for s in stems]
+    found = [_find_idx(dirs, s) for s in IDX_STEMS]
     if None in found and cfg.download:
         try:
             import torchvision
 
             cls = {"mnist": torchvision.datasets.MNIST,
                    "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
-            cls(str(roots[0]), train=True, download=True)
-            cls(str(roots[0]), train=False, download=True)
+            cls(str(root), train=True, download=True)
+            cls(str(root), train=False, download=True)
         except Exception:  # offline or blocked: fall through to the clear error below
             pass
-        found = [_find_idx(dirs, s) for s in stems]
+        found = [_find_idx(dirs, s) for s in IDX_STEMS]
     if None in found:
+        missing = ", ".join(f"{s}(.gz)" for s, f in zip(IDX_STEMS, found) if f is None)
+        if cfg.root:
+            raise DataError(f"dataset.root={cfg.root!r} is invalid: {missing} not found there "
+                            f"(nor in its {tv_dir}/raw or {name} subfolder)")
         hint = ("install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or "
                 if name == "fashion_mnist" else "")
-        raise DataError(f"dataset {name}: IDX files not found in {[str(d) for d in dirs]}; "
-                        f"{hint}put train-images-idx3-ubyte(.gz) etc. in dataset.root")
+        raise DataError(f"dataset {name}: {missing} not found in {[str(d) for d in dirs]}; "
+                        f"{hint}give the folder holding them as dataset.root=<folder>")
     x_tr, y_tr, x_te, y_te = (torch.from_numpy(read_idx(p).copy()) for p in found)
     img = lambda a: a.to(torch.float32).unsqueeze(1) / 255.0  # noqa: E731
     return img(x_tr), y_tr.long(), img(x_te), y_te.long(), 10

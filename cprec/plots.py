@@ -1,29 +1,32 @@
-"""The report's pictures (PNG, matplotlib Agg): accuracy vs cost, and per-run curves.
+"""Every picture cprec draws (PNG, matplotlib Agg): the report's accuracy vs cost and per-run
+curves, the precision range test and the schedule preview.
 
 Uses matplotlib's Figure API directly (no pyplot): no global state, no display needed.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import textwrap
 from pathlib import Path
 from typing import Any
 
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from cprec.runs import read_metrics
+from cprec.runs import atomic_write_bytes, read_metrics
 
 MAX_CURVE_POINTS = 20000  # schedule samples per run plot; plenty for 32 cycles
 
 
 def _save(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """PNG bytes rendered in memory, then written atomically (runs.py's rule)."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _wrap(label: str, width: int = 90) -> str:
@@ -78,23 +81,21 @@ def run_plot_name(label: str, seed: Any, used: set[str]) -> str:
     return name
 
 
-def schedule_curve(run_dir: Path, summary: dict) -> tuple[list[int], list[int], list[int]] | None:
-    """Forward/backward bits at every training step, recomputed from the run's schedule.
+def schedule_curve(summary: dict) -> tuple[list[int], list[int], list[int]] | None:
+    """Forward/backward bits at every training step, from the schedule the run saved.
 
     metrics.jsonl samples bits only at evaluations, which aliases a cyclic schedule (32
-    cycles, one evaluation per epoch); the schedule is a pure function of the step, so the
-    saved config and the bounds the run resolved (summary.json) give the exact curve.
+    cycles, one evaluation per epoch); the schedule is a pure function of the step, and
+    summary.json's ``schedule_spec`` is the resolved schedule itself (bounds included), so
+    the exact curve comes back. None for runs that did not save it.
     """
     from cprec.schedules import PrecisionSchedule  # torch-free
 
-    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-    s, total = config["schedule"], int(summary["total_steps"])
-    lo, hi, bw = int(summary["bits_fw_min"]), int(summary["bits_fw_max"]), int(summary["bits_bw"])
-    sched = PrecisionSchedule(s["kind"], total, bits=lo, bw_bits=bw, min_bits=lo, max_bits=hi,
-                              cycles=int(s.get("cycles", 1)), profile=s.get("profile", "cosine"),
-                              shape=s.get("shape", "growth"),
-                              deficit_steps=int(s.get("deficit_steps", 0)))
-    steps = list(range(0, total, max(1, total // MAX_CURVE_POINTS)))
+    spec = summary.get("schedule_spec")
+    if not isinstance(spec, dict):
+        return None
+    sched = PrecisionSchedule(**spec)
+    steps = list(range(0, sched.total_steps, max(1, sched.total_steps // MAX_CURVE_POINTS)))
     bits = [sched.bits_at(t) for t in steps]
     return [t + 1 for t in steps], [b[0] for b in bits], [b[1] for b in bits]
 
@@ -105,9 +106,9 @@ def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
     if not records:
         return False
     try:
-        curve = schedule_curve(run_dir, summary)
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
-        curve = None  # older or foreign run dir: fall back to the bits at evaluations
+        curve = schedule_curve(summary)
+    except (KeyError, TypeError, ValueError):
+        curve = None  # a foreign or damaged summary: fall back to the bits at evaluations
     fig = Figure(figsize=(7, 5.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     steps = [r["step"] for r in records]
@@ -132,3 +133,28 @@ def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
     fig.suptitle(f"{label}  seed {summary.get('seed', '?')}  [{status}]", fontsize=10)
     _save(fig, path)
     return True
+
+
+def prt_curve(curve: list[dict], lower: int, upper: int, path: Path, title: str) -> None:
+    """The precision range test: smoothed training accuracy per precision, bounds marked."""
+    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([r["bits"] for r in curve], [r["train_acc"] for r in curve], "o-")
+    ax.axvline(lower, color="tab:green", ls="--", label=f"lower = {lower}")
+    ax.axvline(upper, color="tab:red", ls="--", label=f"upper = {upper}")
+    ax.set(xlabel="forward bits", ylabel="smoothed train accuracy", title=f"PRT: {title}")
+    ax.legend()
+    _save(fig, path)
+
+
+def schedule_bits(bits: list[tuple[int, int]], title: str, path: Path) -> None:
+    """A schedule's forward and backward bits at every step of the run (`cprec schedule`)."""
+    steps = range(len(bits))
+    fig = Figure(figsize=(8, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.step(steps, [b[0] for b in bits], where="post", label="forward (weights, activations)")
+    ax.step(steps, [b[1] for b in bits], where="post", ls="--", label="backward (errors)")
+    ax.set(xlabel="training step", ylabel="bits", ylim=(0, max(max(max(b) for b in bits), 8) + 1),
+           title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import re
@@ -23,16 +24,17 @@ from typing import Any
 
 import yaml
 
+from cprec.config import RESULT_NEUTRAL_KEYS
 from cprec.errors import CprecError
+from cprec.runs import read_metrics, write_text
 
 STATS = ("final_acc", "best_acc", "gbitops", "relative_cost", "train_time_s")
 # overrides that do not change what a run computes: not part of a group's identity
-IGNORED_KEYS = {"seed", "resume", "output_root", "dataset.root", "dataset.download",
-                "trainer.progress", "trainer.threads", "trainer.checkpoint_every"}
+IGNORED_KEYS = {"seed", *RESULT_NEUTRAL_KEYS}
 IDENTITY = ("model", "dataset", "schedule")
 STD_NOTE = "sample std (ddof=1) over completed runs; 0 for a single run"
 # how a run can end short of "completed" (DESIGN.md, engine); anything else counts as other
-NOT_COMPLETED = ("failed", "diverged", "interrupted", "missing")
+NOT_COMPLETED = ("failed", "diverged", "interrupted", "missing", "damaged")
 
 
 class ReportError(CprecError):
@@ -48,6 +50,7 @@ class Run:
     params: dict[str, str]  # identity + overrides that matter, in command-line order
     label: str = ""
     plot: str | None = None
+    damaged: str | None = None  # a run file that could not be read, and why
 
     @property
     def status(self) -> str:
@@ -114,9 +117,18 @@ def _read_summary(run_dir: Path) -> dict:
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        return {"status": "failed", "error": f"summary.json unreadable ({type(e).__name__})"}
-    return summary if isinstance(summary, dict) else {"status": "failed",
-                                                      "error": "summary.json is not an object"}
+        return {"status": "damaged", "error": f"summary.json unreadable ({type(e).__name__}: {e})"}
+    return summary if isinstance(summary, dict) else {"status": "damaged",
+                                                      "error": "summary.json is not a JSON object"}
+
+
+def _metrics_problem(run_dir: Path) -> str | None:
+    """Why a run's metrics.jsonl cannot be read (a torn last line is fine), or None."""
+    try:
+        read_metrics(run_dir)
+    except (OSError, ValueError) as e:
+        return f"metrics.jsonl damaged ({e})"
+    return None
 
 
 def _params(run_dir: Path, summary: dict) -> dict[str, str]:
@@ -152,7 +164,8 @@ def find_runs(dirs: list[Path]) -> list[Run]:
     runs = []
     for run_dir in found:
         summary = _read_summary(run_dir)
-        runs.append(Run(run_dir, summary, _params(run_dir, summary)))
+        runs.append(Run(run_dir, summary, _params(run_dir, summary),
+                        damaged=_metrics_problem(run_dir)))
     return runs
 
 
@@ -223,6 +236,10 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
             if not error and r.status == "interrupted":
                 error = [f"stopped at {at}; continue it with: cprec train resume={r.path}"]
             lines.append(f"- {r.status}: {r.path.name}" + (f": {error[-1]}" if error else ""))
+    damaged = [r for r in runs if r.damaged]
+    if damaged:
+        lines += ["", f"runs with damaged files ({len(damaged)}; their summaries still count):"]
+        lines += [f"- {r.path.name}: {r.damaged}" for r in damaged]
     return "\n".join(lines) + "\n"
 
 
@@ -240,20 +257,24 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
             stale.unlink()
         used: set[str] = set()
         for run in runs:
+            if run.damaged:
+                continue
             name = plotting.run_plot_name(run.label, run.summary.get("seed"), used)
             if plotting.run_curves(run.path, run.summary, run.label, out / "runs" / name):
                 run.plot = f"runs/{name}"
     text = markdown(rows, runs)
-    (out / "report.md").write_text(text)
-    with (out / "report.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text(out / "report.md", text)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "report.csv", table.getvalue())
     run_rows = [{"group": r.label, "path": str(r.path), "status": r.status,
                  "seed": r.summary.get("seed"), "error": r.summary.get("error"), "plot": r.plot,
+                 "damaged": r.damaged,
                  **{k: r.summary.get(k) for k in STATS}} for r in runs]
     report = {"dirs": [str(d) for d in dirs], "std": STD_NOTE, "groups": rows, "runs": run_rows}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     return text
 
 

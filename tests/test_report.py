@@ -70,6 +70,8 @@ def read_report(out: Path) -> dict:
 
 
 def test_groups_by_overrides_and_matches_mean_and_sample_std(sweep, capsys) -> None:
+    """Runs group by their overrides except seed; each group's mean and sample std (ddof=1) match
+    statistics, and the printed table, report.csv and report.md show them."""
     root, values = sweep
     assert main_cli([str(root)]) == 0
     table = capsys.readouterr().out
@@ -85,12 +87,13 @@ def test_groups_by_overrides_and_matches_mean_and_sample_std(sweep, capsys) -> N
     assert "| schedule=static | 3/3 | 93.00 ± 1.00 |" in table
     assert "sample std (ddof=1)" in table
     csv_lines = (root / "report" / "report.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("group,runs,completed,failed,diverged,interrupted,missing,other")
+    assert csv_lines[0].startswith("group,runs,completed,failed,diverged,interrupted,missing,damaged,other")
     assert len(csv_lines) == 3
     assert (root / "report" / "report.md").read_text() == table.split("report written")[0]
 
 
 def test_pareto_front() -> None:
+    """A group is on the front unless another is no costlier, no less accurate, and better in one of them."""
     def group(label: str, cost: float, acc: float) -> Group:
         summary = {"status": "completed", "final_acc": acc, "gbitops": cost}
         return Group(label, [Run(Path(label), summary, {"schedule": label})])
@@ -102,6 +105,7 @@ def test_pareto_front() -> None:
 
 
 def test_single_run_has_zero_std_and_schedule_label(tmp_path, capsys) -> None:
+    """A single run dir is labelled by its schedule with std 0.0; mean_std of no values is (None, None)."""
     run = make_run(tmp_path / "run", "cpt_cosine", 0, {"final_acc": 0.8})
     assert main_cli([str(run), "--no-plots"]) == 0
     (g,) = read_report(run / "report")["groups"]
@@ -111,6 +115,8 @@ def test_single_run_has_zero_std_and_schedule_label(tmp_path, capsys) -> None:
 
 
 def test_failed_diverged_and_unfinished_runs_are_counted_and_listed(tmp_path, capsys) -> None:
+    """Runs that did not complete are counted by status per group and listed with their reason; means use
+    completed runs only, and --out writes the report there instead of into the sweep."""
     root = tmp_path / "sweep"
     make_run(root / "0_ok", "static", 0, {"final_acc": 0.9})
     make_run(root / "1_ok", "static", 1, {"final_acc": 0.8})
@@ -145,6 +151,7 @@ def test_failed_diverged_and_unfinished_runs_are_counted_and_listed(tmp_path, ca
 
 
 def test_report_across_several_dirs_labels_what_differs(tmp_path, capsys) -> None:
+    """Runs from several dirs are grouped by the override that differs (optim.lr), not by seed."""
     make_run(tmp_path / "a" / "0", "static", 0, {}, extra=("optim.lr=0.1",))
     make_run(tmp_path / "b" / "0", "static", 1, {}, extra=("optim.lr=0.1",))
     make_run(tmp_path / "b" / "1", "static", 0, {}, extra=("optim.lr=0.05",))
@@ -154,6 +161,7 @@ def test_report_across_several_dirs_labels_what_differs(tmp_path, capsys) -> Non
 
 
 def test_pngs_are_valid_and_not_blank(sweep, capsys) -> None:
+    """The accuracy-vs-GBitOPs plot and one distinct plot per run are valid, >200 px, non-blank PNGs."""
     root, _ = sweep
     assert main_cli([str(root)]) == 0
     report = read_report(root / "report")
@@ -179,6 +187,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["empty", "--bogus"], "cprec: error: unrecognized arguments: --bogus"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, args, message) -> None:
+    """Each user error exits 2 with exactly one stderr line, no stdout, and no report dir written."""
     (tmp_path / "empty").mkdir()
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2
@@ -188,6 +197,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, args, message) -> None:
 
 
 def test_report_does_not_import_torch(tmp_path) -> None:
+    """`cprec report` runs to completion without ever importing torch."""
     make_run(tmp_path / "run", "static", 0, {})
     code = ("import sys; from cprec.report import main_cli; "
             f"assert main_cli([{str(tmp_path / 'run')!r}]) == 0; "

@@ -13,6 +13,7 @@ from cprec.models import MODELS, build_model
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("shape", [(1, 8, 10), (1, 28, 10), (3, 32, 100)])
 def test_output_shape(name: str, shape: tuple[int, int, int]) -> None:
+    """Every registered model maps a (2, C, S, S) batch to (2, classes) logits for each dataset shape."""
     c, size, classes = shape
     model = build_model(ModelConfig(name=name), DatasetInfo("x", c, size, classes))
     assert model(torch.randn(2, c, size, size)).shape == (2, classes)
@@ -29,6 +30,7 @@ def test_resnet_depths_and_parameters() -> None:
 
 
 def test_unknown_model_is_a_config_error() -> None:
+    """An unknown model name is a ConfigError that lists the models to choose from."""
     from cprec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="choose one of"):

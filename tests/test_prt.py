@@ -18,6 +18,7 @@ def curve(accs: dict[int, float]) -> list[dict]:
 
 
 def test_lower_bound_is_first_gain_above_threshold() -> None:
+    """Lower bound: first bits whose gain exceeds the threshold (upper: the fixed 8); None until decided."""
     c = curve({2: 0.10, 3: 0.12, 4: 0.50, 5: 0.60})
     assert find_bounds(c, 0.05, 8) == (4, 8)
     assert find_bounds(c[:2], 0.05, 8) == (None, None)  # not decided yet: keep raising
@@ -31,11 +32,14 @@ def test_auto_upper_bound_is_the_plateau() -> None:
 
 
 def test_upper_bound_never_below_lower() -> None:
+    """A fixed upper bound below the found lower bound is raised to the lower bound."""
     assert find_bounds(curve({6: 0.1, 7: 0.5}), 0.05, 4) == (7, 7)
 
 
 @pytest.mark.slow
 def test_prt_writes_result_and_cpt_run_uses_it(tmp_path: Path) -> None:
+    """`cprec prt` writes outputs/prt/<model>-<dataset>.json (curve 2..lower, upper 8), prt.json and prt.png;
+    a train run with schedule.bounds=prt then trains within that file's bounds and records their source."""
     out = run_cli(["prt", "model=mlp", "trainer.progress=false"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| bits | train_acc |" in out.stdout and "lower" in out.stdout
@@ -63,6 +67,8 @@ def test_prt_writes_result_and_cpt_run_uses_it(tmp_path: Path) -> None:
     ('{"model": "mlp", "dataset": "digits", "lower_bits": 9, "upper_bits": 4}', "invalid bounds"),
 ])
 def test_bad_prt_result_is_a_clear_error(tmp_path: Path, content: str, needle: str) -> None:
+    """An unreadable, other-model or invalid PRT result makes train exit 2 with the reason and the
+    `cprec prt` command to rerun, no traceback, and no run dir."""
     path = tmp_path / "outputs" / "prt" / "mlp-digits.json"
     path.parent.mkdir(parents=True)
     path.write_text(content)
@@ -73,6 +79,7 @@ def test_bad_prt_result_is_a_clear_error(tmp_path: Path, content: str, needle: s
 
 
 def test_schedule_preview_writes_plot(tmp_path: Path) -> None:
+    """`cprec schedule` writes schedule.json (64000 steps, bits 3..8, relative cost < 0.07) and a plot."""
     out = run_cli(["schedule", "schedule=cpt_exp_triangular", "trainer.steps=64000",
                    "dataset=cifar10", "model=resnet74"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

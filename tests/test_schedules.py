@@ -138,6 +138,7 @@ def test_cycles_above_steps_is_a_config_error() -> None:
 
 
 def test_unknown_profile_and_shape_are_config_errors() -> None:
+    """An unknown cyclic profile or shape, or an unknown kind, is a ConfigError naming the offending key."""
     with pytest.raises(ConfigError, match="schedule.profile"):
         build_schedule(ScheduleConfig(kind="cyclic", profile="sine"), 100)
     with pytest.raises(ConfigError, match="schedule.shape"):

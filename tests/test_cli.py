@@ -39,6 +39,7 @@ def test_help_is_fast_and_lists_commands() -> None:
 
 
 def test_train_help_and_cfg(tmp_path: Path) -> None:
+    """--help lists every config group; --cfg job prints the composed config and writes no run dir."""
     help_out = run_cli(["train", "--help"], tmp_path)
     assert help_out.returncode == 0
     for group in ("model:", "dataset:", "schedule:", "optim:", "quant:", "experiment:"):
@@ -85,6 +86,8 @@ def test_fp32_run_reports_full_precision_cost(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_job_multirun(tmp_path: Path) -> None:
+    """-m gives numbered job dirs named by their overrides; static 8/8 costs the closed form,
+    CPT less."""
     out = run_cli(["train", "-m", *FAST, "schedule=static,cpt_cosine"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = sorted(p.parent for p in (tmp_path / "outputs" / "train-multirun").rglob(".hydra"))

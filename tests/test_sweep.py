@@ -56,6 +56,8 @@ def sweep4(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 
 def test_sweep_runs_every_job_into_readable_dirs(sweep4) -> None:
+    """A 2x2 sweep completes into numbered dirs named by schedule and seed (not by neutral keys)
+    and ends with one line per job and the report command."""
     sweep, result = sweep4
     assert result.returncode == 0, result.stderr[-3000:]
     names = [d.name for d in job_dirs(sweep)]
@@ -77,6 +79,7 @@ def test_sweep_runs_every_job_into_readable_dirs(sweep4) -> None:
 
 
 def test_report_of_real_sweep_equals_the_summaries(sweep4) -> None:
+    """`cprec report` on a real sweep shows each group's mean and sample std of its summaries."""
     sweep, _ = sweep4
     result = cprec("report", str(sweep), cwd=sweep.parent)
     assert result.returncode == 0, result.stderr
@@ -104,6 +107,7 @@ def test_report_of_real_sweep_equals_the_summaries(sweep4) -> None:
 
 
 def test_failed_and_diverged_jobs_do_not_stop_the_sweep(tmp_path) -> None:
+    """Failed and diverged jobs leave their status, the others complete, the sweep exits 1."""
     # bounds=prt fails at run time (no PRT result in tmp); lr=1e8 diverges; the rest completes
     result = cprec("train", "-m", "schedule=cpt_cosine", "schedule.bounds=config,prt",
                    "optim.lr=0.1,1e8", "trainer.threads=1", *TINY, cwd=tmp_path)
@@ -133,6 +137,7 @@ def _span(job: Path) -> tuple[float, float]:
 
 
 def test_joblib_launcher_runs_jobs_in_parallel(tmp_path) -> None:
+    """hydra/launcher=parallel runs two jobs whose training time spans overlap."""
     result = cprec("train", "-m", "hydra/launcher=parallel", "schedule=static,cpt_cosine", *TINY,
                    cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -144,6 +149,7 @@ def test_joblib_launcher_runs_jobs_in_parallel(tmp_path) -> None:
 
 
 def test_submitit_local_launcher_runs_jobs_and_reports_failures(tmp_path) -> None:
+    """hydra/launcher=local (submitit) runs the jobs, records the failed one, exits 1."""
     result = cprec("train", "-m", "hydra/launcher=local", "schedule=cpt_cosine",
                    "schedule.bounds=config,prt", "trainer.threads=1", *TINY, cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]

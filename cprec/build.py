@@ -19,7 +19,7 @@ from cprec.cost import CostLedger, measure_macs
 from cprec.errors import ConfigError
 from cprec.models import build_model
 from cprec.optim import build_lr_scheduler, build_optimizer
-from cprec.precision import ScheduledPrecision
+from cprec.precision import ScheduledPrecision, last_layer_rule
 from cprec.quant import QuantRNG, build_quantized, format_bits
 from cprec.rng import seed_everything
 from cprec.schedules import PrecisionSchedule, build_schedule
@@ -95,7 +95,7 @@ def build_model_parts(cfg: TrainConfig, batch_size: int) -> ModelParts:
     model, qrng = build_quantized(build_model(cfg.model, task.info), cfg.quant, cfg.seed)
     model.to(device).train()
     ledger = CostLedger(measure_macs(model, task.sample_input()))
-    return ModelParts(cfg, device, task, model, qrng, ledger, build_optimizer(model, cfg.optim))
+    return ModelParts(cfg, device, task, model, qrng, ledger, build_optimizer(model, cfg.optim, cfg.seed))
 
 
 @dataclass
@@ -117,5 +117,6 @@ def build_run(cfg: TrainConfig) -> RunParts:
     core = build_model_parts(cfg, cfg.trainer.batch_size)
     plan = plan_run(cfg, core.task.n_train)
     lr_scheduler = build_lr_scheduler(core.optimizer, plan.total_steps, cfg.optim)
-    precision = ScheduledPrecision(plan.schedule, core.model)
+    last = last_layer_rule(core.model, cfg.quant.last_bits, core.task.info.classes, plan.schedule)
+    precision = ScheduledPrecision(plan.schedule, core.model, last)
     return RunParts(**vars(core), plan=plan, lr_scheduler=lr_scheduler, precision=precision)

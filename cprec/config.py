@@ -68,6 +68,10 @@ class QuantConfig:
     format: str = "fixed"  # fixed | float
     quantize_first: bool = True
     quantize_last: bool = False
+    # the final classifier's bits when quantize_last: null = the schedule's, an int = always
+    # that many (forward and error), auto = the schedule's but never below cprec's guideline
+    # ceil(log2(classes + 1)) (precision.py)
+    last_bits: Any = None
     quantize_errors: bool = True  # quantize the gradient w.r.t. each layer's output
     act_momentum: float = 0.9  # EMA of activation ranges used at eval
     # float formats (format=float)
@@ -92,6 +96,12 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of run
     gamma: float = 0.1
     warmup_steps: int = 0  # linear warm-up from 0 to lr
+    # low-precision weights (lowp_optim.py): storage format, how updates reach it, state format
+    weight_format: str = "fp32"  # fp32 | bf16 | fp16 | e<E>m<M> | fixed<B>
+    update_rounding: str = "nearest"  # nearest | stochastic | kahan
+    state_format: str = "fp32"  # momentum / Adam moments: fp32 | bf16 | fp16 | e<E>m<M>
+    real_dtype: bool = False  # bf16/fp16 weights as real torch.bfloat16/float16 tensors
+    kahan_buffer: str = "weight"  # kahan: compensation stored in the weight format (paper) | fp32
 
 
 @dataclass
@@ -197,6 +207,8 @@ def check_quant(q: QuantConfig) -> None:
     require_choice("quant.rounding", q.rounding, FLOAT_ROUNDING)
     require_choice("quant.overflow", q.overflow, FLOAT_OVERFLOW)
     require(0 <= q.act_momentum < 1, "quant.act_momentum", q.act_momentum, "must be in [0, 1)")
+    require(q.last_bits in (None, "auto") or (isinstance(q.last_bits, int) and 1 <= q.last_bits <= 32),
+            "quant.last_bits", q.last_bits, "null, 'auto' or an integer in 1..32")
 
 
 def check_prt(p: PrtConfig) -> None:

@@ -64,16 +64,53 @@ def check_optim(cfg: OptimConfig) -> None:
     require(all(0 < m < 1 for m in cfg.milestones), "optim.milestones", cfg.milestones,
             "milestones are fractions of the run in (0, 1)")
     require(cfg.warmup_steps >= 0, "optim.warmup_steps", cfg.warmup_steps, "must be >= 0")
+    _check_weight_format(cfg)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The configured optimizer; BatchNorm and bias parameters get no weight decay."""
+def _check_weight_format(cfg: OptimConfig) -> None:
+    """Low-precision weights: a known format, a rounding that fits it, a real dtype torch has."""
+    from cprec.config import require, require_choice
+    from cprec.lowp_optim import UPDATE_ROUNDING
+    from cprec.weight_formats import REAL_DTYPES, parse_weight_format
+
+    fmt = parse_weight_format(cfg.weight_format)
+    require_choice("optim.update_rounding", cfg.update_rounding, UPDATE_ROUNDING)
+    require_choice("optim.kahan_buffer", cfg.kahan_buffer, ("weight", "fp32"))
+    require(cfg.update_rounding == "nearest" or not fmt.is_fp32, "optim.update_rounding",
+            cfg.update_rounding, "rounds updates onto low-precision weights; set "
+            "optim.weight_format (e.g. bf16) or use optim.update_rounding=nearest with fp32")
+    state = parse_weight_format(cfg.state_format, "optim.state_format")
+    require(state.fixed_bits is None, "optim.state_format", cfg.state_format,
+            "optimizer state takes a float format: fp32, bf16, fp16 or e<E>m<M>")
+    require(not cfg.real_dtype or cfg.weight_format in REAL_DTYPES, "optim.real_dtype",
+            cfg.real_dtype, f"real tensors exist for {list(REAL_DTYPES)} only, not "
+            f"optim.weight_format={cfg.weight_format}")
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.optim.Optimizer:
+    """The configured optimizer; BatchNorm and bias parameters get no weight decay.
+
+    With a low-precision ``optim.weight_format`` it is lowp_optim's optimizer (same SGD /
+    AdamW math), which also puts the weights into that format (``seed`` keys its stochastic
+    rounding).
+    """
+    from cprec.weight_formats import parse_weight_format
+
+    fmt = parse_weight_format(cfg.weight_format)
+    if cfg.real_dtype:
+        from cprec.lowp_optim import store_weights_in
+
+        store_weights_in(model, cfg.weight_format)
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return OPTIMIZERS[cfg.name](groups, cfg)
+    if fmt.is_fp32:
+        return OPTIMIZERS[cfg.name](groups, cfg)
+    from cprec.lowp_optim import LowPrecisionOptimizer
+
+    return LowPrecisionOptimizer(groups, cfg, fmt, seed)
 
 
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:

@@ -6,12 +6,67 @@ precision replaces ``ScheduledPrecision`` by an object with the same methods.
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass
+
 from torch import nn
 
-from cprec.quant import layer_bits, set_precision
+from cprec.quant import layer_bits, quant_layers, set_precision
 from cprec.schedules import PrecisionSchedule
 
+log = logging.getLogger("cprec")
+
 LayerBits = dict[str, tuple[int, int]]  # compute layer -> (forward, backward) bits
+
+
+def last_layer_guideline(classes: int) -> int:
+    """cprec's lower bound on the final classifier's bits for ``classes`` classes (a heuristic,
+    derived in the README): ceil(log2(C + 1)).
+
+    Early in training the softmax gives every class about 1/C, so the error of the logits
+    (p - y) spans about [1/C - 1, 1/C]: width ~1. On a per-tensor grid of 2^b - 1 steps the
+    wrong classes' errors (magnitude 1/C, what pushes their logits down) are at least one
+    step only when 1/(2^b - 1) <= 1/C. The same bound is used for the forward bits.
+    """
+    return math.ceil(math.log2(classes + 1))
+
+
+@dataclass(frozen=True)
+class LastLayer:
+    """How the final classifier's bits are set: ``bits`` (an int: fixed; "auto": floor at the
+    guideline; None: the schedule's) for a task with ``classes`` classes."""
+
+    name: str
+    bits: int | str | None
+    classes: int
+
+    def adjust(self, fw: int, bw: int) -> tuple[int, int]:
+        if isinstance(self.bits, int):
+            return self.bits, self.bits
+        if self.bits == "auto":
+            floor = last_layer_guideline(self.classes)
+            return max(fw, floor), max(bw, floor)
+        return fw, bw
+
+
+def last_layer_rule(model: nn.Module, bits: int | str | None, classes: int,
+                    schedule: PrecisionSchedule) -> LastLayer | None:
+    """The rule for the model's last layer when it is quantized (else None); warns when the
+    run can quantize it below the guideline."""
+    layers = list(quant_layers(model))
+    compute = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers or not compute or layers[-1] != compute[-1]:
+        return None  # the final classifier stays in full precision
+    rule = LastLayer(layers[-1], bits, classes)
+    lowest = min(min(rule.adjust(fw, bw)) for fw, bw in
+                 {schedule.bits_at(0), (schedule.fw_range[0], schedule.bits_at(0)[1])})
+    floor = last_layer_guideline(classes)
+    if lowest < floor:
+        log.warning("the last layer (%s) is quantized down to %d bits, below cprec's guideline of "
+                    "%d bits for %d classes (quant.last_bits=auto keeps it there)", rule.name,
+                    lowest, floor, classes)
+    return rule
 
 
 class ScheduledPrecision:
@@ -21,8 +76,9 @@ class ScheduledPrecision:
     layers at 32/32) for the cost ledger; the step itself is the only state.
     """
 
-    def __init__(self, schedule: PrecisionSchedule, model: nn.Module) -> None:
-        self.schedule, self.model = schedule, model
+    def __init__(self, schedule: PrecisionSchedule, model: nn.Module,
+                 last: LastLayer | None = None) -> None:
+        self.schedule, self.model, self.last = schedule, model, last
         self._layer_bits: dict[tuple[int, int], LayerBits] = {}
 
     def bits_at(self, step: int) -> tuple[int, int]:
@@ -30,7 +86,8 @@ class ScheduledPrecision:
         return self.schedule.bits_at(step)
 
     def _set(self, fw: int, bw: int) -> LayerBits:
-        set_precision(self.model, fw, bw)
+        per_layer = None if self.last is None else {self.last.name: self.last.adjust(fw, bw)}
+        set_precision(self.model, fw, bw, per_layer)
         if (fw, bw) not in self._layer_bits:
             self._layer_bits[(fw, bw)] = layer_bits(self.model)
         return self._layer_bits[(fw, bw)]

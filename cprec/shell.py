@@ -230,6 +230,15 @@ def check_run_dir_free(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def check_launcher(argv: list[str]) -> None:
+    """hydra/launcher=slurm needs SLURM's tools on this machine (a login node): without them
+    submitit ends in a traceback after the sweep dir exists, so say so first, in one line."""
+    if arg_value(argv, "hydra/launcher") == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+        fail_line("hydra/launcher=slurm is invalid: SLURM's sbatch/srun are not on this machine's PATH; "
+                  "run the command on the cluster's login node, or rehearse with hydra/launcher=local")
+        sys.exit(2)
+
+
 def shell_main(argv: list[str], hydra_main: Callable[[], Any], *, config_name: str, job: str,
                result_file: str | None = None, resumable: bool = False) -> int:
     """The whole path of a Hydra command: `resume=` (if ``resumable``), sweep-dir pinning,
@@ -244,6 +253,7 @@ def shell_main(argv: list[str], hydra_main: Callable[[], Any], *, config_name: s
         check_run_dir_free(argv)
     argv, sweep = pin_sweep_dir(argv, job)
     preflight(argv, config_name)
+    check_launcher(argv)
     check_writable(argv)
     sys.argv = [sys.argv[0], *argv]
     hydra_main()

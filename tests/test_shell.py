@@ -199,3 +199,14 @@ def test_prt_sweep_summary_shows_bounds(tmp_path: Path, capsys) -> None:
     assert shell.finish_sweep(tmp_path, "prt.json") == 0
     out = capsys.readouterr().out
     assert "0 seed=0  completed  bounds 3..8  153 GBitOPs" in out and "next:" not in out
+
+
+def test_slurm_launcher_without_slurm_is_one_line(monkeypatch, capsys) -> None:
+    """hydra/launcher=slurm where sbatch/srun are missing: one line naming the fix, exit 2."""
+    monkeypatch.setattr(shell.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as e:
+        shell.check_launcher(["-m", "hydra/launcher=slurm", "seed=0,1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "hydra/launcher=slurm is invalid" in err
+    shell.check_launcher(["-m", "hydra/launcher=local", "seed=0,1"])  # others pass

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cprec.quant import layer_bits, quant_layers, set_precision
+from cprec.quant import compute_layers, layer_bits, quant_layers, set_precision
 from cprec.schedules import PrecisionSchedule
 
 log = logging.getLogger("cprec")
@@ -55,7 +55,7 @@ def last_layer_rule(model: nn.Module, bits: int | str | None, classes: int,
     """The rule for the model's last layer when it is quantized (else None); warns when the
     run can quantize it below the guideline."""
     layers = list(quant_layers(model))
-    compute = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    compute = list(compute_layers(model))
     if not layers or not compute or layers[-1] != compute[-1]:
         return None  # the final classifier stays in full precision
     rule = LastLayer(layers[-1], bits, classes)

@@ -54,16 +54,18 @@ class RunPlan:
     bounds_source: str
 
 
-def plan_run(cfg: TrainConfig, n_train: int | None = None) -> RunPlan:
+def plan_run(cfg: TrainConfig, n_train: int | None = None,
+             bounds: tuple[int, int, str] | None = None) -> RunPlan:
     """Length, precision bounds and schedule of the run ``cfg`` describes.
 
     ``n_train`` is the number of training samples; without it the dataset's known size is
-    used (schedule previews), so nothing is loaded.
+    used (schedule previews), so nothing is loaded. ``bounds`` are ``resolve_bounds(cfg)``
+    when the caller already has them.
     """
     if n_train is None:
         n_train = task_shape(cfg.dataset)[1]
     steps = total_steps(cfg.trainer, n_train)
-    lo, hi, source = resolve_bounds(cfg)
+    lo, hi, source = bounds or resolve_bounds(cfg)
     schedule = build_schedule(cfg.schedule, steps, (lo, hi), format_bits(cfg.quant))
     return RunPlan(steps, schedule, source)
 
@@ -113,9 +115,9 @@ class RunParts(ModelParts):
 
 def build_run(cfg: TrainConfig) -> RunParts:
     """Assemble a training run from a validated config."""
-    resolve_bounds(cfg)  # a missing or foreign PRT result fails before the data loads
+    bounds = resolve_bounds(cfg)  # a missing or foreign PRT result fails before the data loads
     core = build_model_parts(cfg, cfg.trainer.batch_size)
-    plan = plan_run(cfg, core.task.n_train)
+    plan = plan_run(cfg, core.task.n_train, bounds)
     lr_scheduler = build_lr_scheduler(core.optimizer, plan.total_steps, cfg.optim)
     last = last_layer_rule(core.model, cfg.quant.last_bits, core.task.info.classes, plan.schedule)
     precision = ScheduledPrecision(plan.schedule, core.model, last)

@@ -107,14 +107,15 @@ class Trainer(Checkpointing):
         value = test[f"test_{metric}"]
         better = max if self.task.higher_is_better else min
         loop.best = value if loop.best is None else better(loop.best, value)
+        window = self.window.record()
         record = {"step": loop.step, "epoch": loop.step / self.task.steps_per_epoch,
                   "lr": p.optimizer.param_groups[0]["lr"], "bits_fw": fw, "bits_bw": bw,
-                  **self.window.record(), **test, "gbitops": p.ledger.gbitops,
+                  **window, **test, "gbitops": p.ledger.gbitops,
                   "train_time_s": loop.train_time, **self.train_step.metrics()}
         self.metrics.append(record)
         for sink in self.sinks:
             sink.write(record)
-        shown = {k: record[k] for k in (*self.window.record(), "test_loss", f"test_{metric}")}
+        shown = {k: record[k] for k in (*window, "test_loss", f"test_{metric}")}
         log.info("step %d/%d  bits %d/%d  %s  GBitOPs %.4g", loop.step, p.total_steps, fw, bw,
                  "  ".join(f"{k} {v:.4f}" for k, v in shown.items()), record["gbitops"])
         self.window = self.task.new_window()
@@ -164,7 +165,6 @@ class Trainer(Checkpointing):
         ledger = self.parts.ledger
         try:
             status, last = self._loop(progress, last)
-            progress.close()
             summary = run_summary(self, status, last)
             runs.write_results(self.out_dir, summary, {
                 "total_gbitops": ledger.gbitops, "relative_cost": ledger.relative_cost,

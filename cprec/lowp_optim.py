@@ -34,7 +34,7 @@ from cprec.weight_formats import REAL_DTYPES, WeightFormat, parse_weight_format
 UPDATE_ROUNDING = ("nearest", "stochastic", "kahan")
 
 
-def _sgd_update(p: torch.Tensor, w: torch.Tensor, g: torch.Tensor, group: dict, state: dict,
+def _sgd_update(w: torch.Tensor, g: torch.Tensor, group: dict, state: dict,
                 state_format: WeightFormat) -> torch.Tensor:
     """-lr * (momentum/Nesterov step of g + wd * w), as torch.optim.SGD computes it."""
     if group["weight_decay"]:
@@ -48,7 +48,7 @@ def _sgd_update(p: torch.Tensor, w: torch.Tensor, g: torch.Tensor, group: dict, 
     return g.mul(-group["lr"])  # not in place: g may be the gradient or the momentum buffer
 
 
-def _adamw_update(p: torch.Tensor, w: torch.Tensor, g: torch.Tensor, group: dict, state: dict,
+def _adamw_update(w: torch.Tensor, g: torch.Tensor, group: dict, state: dict,
                   state_format: WeightFormat) -> torch.Tensor:
     """-lr * (wd * w + m_hat / (sqrt(v_hat) + eps)), as torch.optim.AdamW computes it."""
     beta1, beta2 = group["betas"]
@@ -99,7 +99,7 @@ class LowPrecisionOptimizer(torch.optim.Optimizer):
     def _update(self, p: torch.Tensor, group: dict) -> None:
         state, fmt = self.state[p], self.fmt
         w = p.float()
-        u = UPDATES[self.kind](p, w, p.grad.float(), group, state, self.state_format)
+        u = UPDATES[self.kind](w, p.grad.float(), group, state, self.state_format)
         step = state.get("fixed_step")
         if self.rounding == "stochastic":
             w_new = fmt.round(w + u, stochastic=True, key=self.rng.next_key(p.device), step=step)

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# subprocesses import this checkout's package, also where the editable install points at
+# another one (a git worktree)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 # tiny, fast training settings for end-to-end tests on the embedded digits dataset
 FAST = ["model=mlp", "trainer.steps=24", "trainer.eval_every=12", "trainer.progress=false",
         "schedule.cycles=4"]

@@ -102,7 +102,7 @@ class Trainer(Checkpointing):
         """Evaluate, append one metrics record (and to the extra sinks), start a new window."""
         p, metric, loop = self.parts, self.task.metric, self.loop
         fw, bw = p.precision.bits_at(loop.step - 1)
-        p.precision.apply_eval()
+        p.precision.apply_eval(loop.step)
         test = self.task.evaluate(self.model, self.cfg.trainer.eval_batch_size)
         value = test[f"test_{metric}"]
         better = max if self.task.higher_is_better else min
@@ -110,8 +110,8 @@ class Trainer(Checkpointing):
         window = self.window.record()
         record = {"step": loop.step, "epoch": loop.step / self.task.steps_per_epoch,
                   "lr": p.optimizer.param_groups[0]["lr"], "bits_fw": fw, "bits_bw": bw,
-                  **window, **test, "gbitops": p.ledger.gbitops,
-                  "train_time_s": loop.train_time, **self.train_step.metrics()}
+                  "bits_fw_eval": p.precision.eval_bits_at(loop.step)[0], **window, **test,
+                  "gbitops": p.ledger.gbitops, "train_time_s": loop.train_time, **self.train_step.metrics()}
         self.metrics.append(record)
         for sink in self.sinks:
             sink.write(record)
@@ -192,6 +192,7 @@ def run_summary(trainer: Trainer, status: str, last: dict | None) -> dict:
         "dataset": cfg.dataset.name, "schedule": cfg.schedule.name,
         "bits_fw_min": schedule.fw_range[0], "bits_fw_max": schedule.fw_range[1],
         "bits_bw": schedule.bits_at(0)[1], "bounds_source": p.plan.bounds_source,
+        "eval_bits": cfg.trainer.eval_bits,
         "quant_format": cfg.quant.format, "device": str(p.device),
         "params": sum(t.numel() for t in trainer.model.parameters()),
         "macs_per_sample": sum(p.ledger.macs.values()),

@@ -73,12 +73,15 @@ class ScheduledPrecision:
     """Forward/backward bits of a pure schedule of the step, applied to every quantized layer.
 
     ``apply(step)`` sets the layers and returns each compute layer's bits (full-precision
-    layers at 32/32) for the cost ledger; the step itself is the only state.
+    layers at 32/32) for the cost ledger; the step itself is the only state. Evaluation
+    runs at the schedule's top forward bits (``eval_bits="max"``) or, as CPT's code does,
+    at the bits of the step just trained (``"current"``).
     """
 
     def __init__(self, schedule: PrecisionSchedule, model: nn.Module,
-                 last: LastLayer | None = None) -> None:
+                 last: LastLayer | None = None, eval_bits: str = "max") -> None:
         self.schedule, self.model, self.last = schedule, model, last
+        self.eval_mode = eval_bits
         self._layer_bits: dict[tuple[int, int], LayerBits] = {}
 
     def bits_at(self, step: int) -> tuple[int, int]:
@@ -96,9 +99,15 @@ class ScheduledPrecision:
         """Set the layers to step ``step``'s bits; return every compute layer's bits."""
         return self._set(*self.bits_at(step))
 
-    def apply_eval(self) -> LayerBits:
-        """Set the layers to the precision evaluation runs at."""
-        return self._set(*self.schedule.eval_bits)
+    def eval_bits_at(self, step: int) -> tuple[int, int]:
+        """(forward, backward) bits of an evaluation after ``step`` training steps."""
+        if self.eval_mode == "current":
+            return self.bits_at(max(step - 1, 0))
+        return self.schedule.eval_bits
+
+    def apply_eval(self, step: int) -> LayerBits:
+        """Set the layers to the precision an evaluation after ``step`` steps runs at."""
+        return self._set(*self.eval_bits_at(step))
 
     def state_dict(self) -> dict:
         return {}

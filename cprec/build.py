@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cprec.bounds import resolve_bounds
-from cprec.config import TrainConfig, TrainerConfig
+from cprec.config import ScheduleConfig, TrainConfig, TrainerConfig
 from cprec.cost import CostLedger, measure_macs
 from cprec.errors import ConfigError
 from cprec.models import build_model
@@ -35,23 +35,32 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Full batches per pass over the data (the last partial batch is dropped)."""
-    return max(n_train // min(batch_size, n_train), 1)
+def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool = True) -> int:
+    """Batches per pass over the data (with ``drop_last`` the last partial batch is dropped)."""
+    batch = min(batch_size, n_train)
+    return max(n_train // batch if drop_last else -(-n_train // batch), 1)
 
 
 def total_steps(trainer: TrainerConfig, n_train: int) -> int:
     """``trainer.steps`` when set, else ``trainer.epochs`` passes over the training data."""
-    return trainer.steps or trainer.epochs * steps_per_epoch(n_train, trainer.batch_size)
+    return trainer.steps or trainer.epochs * steps_per_epoch(n_train, trainer.batch_size,
+                                                              trainer.drop_last)
+
+
+def probe_steps(schedule: ScheduleConfig) -> int:
+    """Steps a deficit probe adds before the run proper (Better Schedules' crit_learn.py:
+    the K low-precision steps come on top of a full run)."""
+    return schedule.deficit_steps if schedule.kind == "deficit" else 0
 
 
 @dataclass(frozen=True)
 class RunPlan:
     """What a run will do, known before any data is loaded."""
 
-    total_steps: int
+    total_steps: int  # the deficit probe's prefix included
     schedule: PrecisionSchedule
     bounds_source: str
+    lr_start: int = 0  # steps before the lr schedule starts (the deficit probe's prefix)
 
 
 def plan_run(cfg: TrainConfig, n_train: int | None = None,
@@ -64,10 +73,11 @@ def plan_run(cfg: TrainConfig, n_train: int | None = None,
     """
     if n_train is None:
         n_train = task_shape(cfg.dataset)[1]
-    steps = total_steps(cfg.trainer, n_train)
+    prefix = probe_steps(cfg.schedule)
+    steps = total_steps(cfg.trainer, n_train) + prefix
     lo, hi, source = bounds or resolve_bounds(cfg)
     schedule = build_schedule(cfg.schedule, steps, (lo, hi), format_bits(cfg.quant))
-    return RunPlan(steps, schedule, source)
+    return RunPlan(steps, schedule, source, prefix)
 
 
 @dataclass
@@ -118,7 +128,7 @@ def build_run(cfg: TrainConfig) -> RunParts:
     bounds = resolve_bounds(cfg)  # a missing or foreign PRT result fails before the data loads
     core = build_model_parts(cfg, cfg.trainer.batch_size)
     plan = plan_run(cfg, core.task.n_train, bounds)
-    lr_scheduler = build_lr_scheduler(core.optimizer, plan.total_steps, cfg.optim)
+    lr_scheduler = build_lr_scheduler(core.optimizer, plan.total_steps, cfg.optim, plan.lr_start)
     last = last_layer_rule(core.model, cfg.quant.last_bits, core.task.info.classes, plan.schedule)
-    precision = ScheduledPrecision(plan.schedule, core.model, last)
+    precision = ScheduledPrecision(plan.schedule, core.model, last, cfg.trainer.eval_bits)
     return RunParts(**vars(core), plan=plan, lr_scheduler=lr_scheduler, precision=precision)

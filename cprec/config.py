@@ -14,15 +14,16 @@ from omegaconf import DictConfig, OmegaConf
 from cprec.errors import ConfigError, CprecError
 
 DEVICES = ("auto", "cpu", "cuda")
+EVAL_BITS = ("max", "current")  # evaluate at the schedule's top forward bits, or CPT's way
 QUANT_FORMATS = ("fixed", "float")
 FLOAT_ROUNDING = ("nearest", "stochastic")
 FLOAT_OVERFLOW = ("saturate", "inf")
 # Settings that change where a run writes, how it is shown or how fast it goes, never what it
 # computes: a resumed run may change them, `cprec report` does not group runs by them, and
 # Hydra leaves them out of sweep job names (train.yaml's exclude_keys, tested to agree).
-RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "dataset.root", "dataset.download",
-                       "trainer.progress", "trainer.threads", "trainer.device",
-                       "trainer.checkpoint_every")
+RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root",
+                       "dataset.download", "trainer.progress", "trainer.threads",
+                       "trainer.device", "trainer.checkpoint_every")
 
 
 @dataclass
@@ -39,6 +40,12 @@ class DatasetConfig:
     train_subset: int | None = None  # keep the first N training samples
     test_subset: int | None = None  # keep the first N test samples
     augment: bool = False  # random crop (padding 4) + horizontal flip, batched on device
+    # augment: pad the raw image (black border, CPT's torchvision pipeline) instead of the
+    # normalised one (zeros = the mean colour)
+    pad_before_normalize: bool = False
+    # per-channel normalisation; null = the training set's own mean and std
+    mean: list[float] | None = None
+    std: list[float] | None = None
     download: bool = True  # torchvision download when the files are missing and online
     # synthetic only
     num_train: int = 2048
@@ -95,7 +102,9 @@ class OptimConfig:
     lr_schedule: str = "multistep"  # multistep | cosine | constant
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of run
     gamma: float = 0.1
-    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    warmup_steps: int = 0  # warm-up steps: linear from 0 to lr, or constant at warmup_lr
+    warmup_lr: float | None = None  # a constant lr during warm-up (CPT's ResNet-110: 0.01)
+    decay_all: bool = False  # weight decay on every parameter, BN and biases too (CPT's code)
     # low-precision weights (lowp_optim.py): storage format, how updates reach it, state format
     weight_format: str = "fp32"  # fp32 | bf16 | fp16 | e<E>m<M> | fixed<B>
     update_rounding: str = "nearest"  # nearest | stochastic | kahan
@@ -109,8 +118,10 @@ class TrainerConfig:
     epochs: int = 30
     steps: int | None = None  # total optimizer steps; wins over epochs when set
     batch_size: int = 128
+    drop_last: bool = True  # false: an epoch's last, smaller batch is trained too (CPT's loader)
     eval_batch_size: int = 1000
     eval_every: int | None = None  # steps; null = once per epoch
+    eval_bits: str = "max"  # max: the schedule's top forward bits | current: the step's (CPT)
     checkpoint_every: int | None = None  # steps; null = at every evaluation
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # tqdm progress bar
@@ -134,6 +145,9 @@ class TrainConfig:
     resume: str | None = None  # a run directory to continue (its saved overrides are reused)
     output_root: str = "outputs"
     logger: str = "none"  # none | tensorboard: where metrics go besides metrics.jsonl
+    # the paper's reported figures for a preset (report.py shows them beside the runs'):
+    # {source: str, metrics: {final_acc | best_acc | relative_cost ...: value}}; null elsewhere
+    paper: Any = None
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -188,12 +202,16 @@ def check_trainer(t: TrainerConfig) -> None:
     for key in ("eval_every", "checkpoint_every"):
         _positive_or_null(f"trainer.{key}", getattr(t, key), "step count")
     require_choice("trainer.device", t.device, DEVICES)
+    require_choice("trainer.eval_bits", t.eval_bits, EVAL_BITS)
     _positive_or_null("trainer.threads", t.threads, "thread count")
 
 
 def check_dataset(d: DatasetConfig) -> None:
     for key in ("train_subset", "test_subset"):
         _positive_or_null(f"dataset.{key}", getattr(d, key), "count")
+    require((d.mean is None) == (d.std is None), "dataset.mean", d.mean,
+            "set dataset.mean and dataset.std together (or neither: the training set's own)")
+    require(d.std is None or all(v > 0 for v in d.std), "dataset.std", d.std, "must be positive")
 
 
 def check_quant(q: QuantConfig) -> None:
@@ -252,10 +270,15 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def is_result_neutral(key: str) -> bool:
+    """A dotted config key under one of RESULT_NEUTRAL_KEYS (``paper.source`` too)."""
+    return any(key == k or key.startswith(k + ".") for k in RESULT_NEUTRAL_KEYS)
+
+
 def check_same_run(saved: dict, current: dict, run_dir: Any) -> None:
     """Refuse to continue a checkpoint under a config that computes something else."""
     a, b = _flatten(saved), _flatten(current)
-    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESULT_NEUTRAL_KEYS]
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not is_result_neutral(k)]
     if diff:
         k = diff[0]
         raise CprecError(f"{run_dir} holds a run with {k}={a.get(k)!r}, not {b.get(k)!r}; resume it "

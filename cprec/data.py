@@ -39,18 +39,33 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     augment: bool = False
+    # the value each channel's padded border takes in augmentation (normalised units):
+    # 0 = the mean colour; -mean/std = a black border around the raw image (CPT)
+    pad_fill: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Dataset:
-        move = lambda t: t.to(device)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Dataset(self.info, move(self.x_train), move(self.y_train), move(self.x_test),
-                       move(self.y_test), self.augment)
+                       move(self.y_test), self.augment, move(self.pad_fill))
 
 
-def _normalize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel standardization with the training set's statistics."""
-    mean = train.mean(dim=(0, 2, 3), keepdim=True)
-    std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return (train - mean) / std, (test - mean) / std
+def _normalize(train: torch.Tensor, test: torch.Tensor, cfg: DatasetConfig
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel standardization with ``dataset.mean/std`` or the training set's statistics;
+    also returns where raw 0 lands (the border of an image padded before normalising)."""
+    if cfg.mean is not None:
+        c = train.shape[1]
+        if len(cfg.mean) != c or len(cfg.std) != c:
+            from cprec.errors import ConfigError
+
+            raise ConfigError("dataset.mean", cfg.mean, f"{cfg.name} has {c} channels: give "
+                              f"{c} values for dataset.mean and dataset.std")
+        mean = torch.tensor(cfg.mean, dtype=train.dtype).view(1, c, 1, 1)
+        std = torch.tensor(cfg.std, dtype=train.dtype).view(1, c, 1, 1)
+    else:
+        mean = train.mean(dim=(0, 2, 3), keepdim=True)
+        std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (train - mean) / std, (test - mean) / std, (-mean / std).view(-1)
 
 
 def _digits(cfg: DatasetConfig) -> tuple:
@@ -198,16 +213,24 @@ def build_dataset(cfg: DatasetConfig) -> Dataset:
         x_tr, y_tr = x_tr[: cfg.train_subset], y_tr[: cfg.train_subset]
     if cfg.test_subset is not None:
         x_te, y_te = x_te[: cfg.test_subset], y_te[: cfg.test_subset]
-    x_tr, x_te = _normalize(x_tr, x_te)
+    x_tr, x_te, raw_zero = _normalize(x_tr, x_te, cfg)
     info = DatasetInfo(cfg.name, x_tr.shape[1], x_tr.shape[2], classes)
     return Dataset(info, x_tr.contiguous(), y_tr.long(), x_te.contiguous(), y_te.long(),
-                   cfg.augment)
+                   cfg.augment, raw_zero if cfg.pad_before_normalize else None)
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Batched random crop (zero padding) and horizontal flip in one gather, on x's device."""
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
+                     fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Batched random crop and horizontal flip in one gather, on x's device.
+
+    The border is zeros, or ``fill`` per channel (a raw image's black in normalised units).
+    """
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
+    if fill is not None:
+        border = torch.ones_like(padded[:1, :1])
+        border[..., padding:padding + h, padding:padding + w] = 0
+        padded = padded + border * fill.view(1, c, 1, 1)
     shifts = torch.randint(0, 2 * padding + 1, (2, n), generator=generator,
                            device=generator.device).to(x.device)
     flip = torch.rand(n, generator=generator, device=generator.device).to(x.device) < 0.5
@@ -221,10 +244,13 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
 
 
 class BatchStream:
-    """Seeded, resumable stream of shuffled training batches (drop_last, reshuffle per epoch)."""
+    """Seeded, resumable stream of shuffled training batches, reshuffled every epoch; with
+    ``drop_last`` an epoch's last partial batch is skipped, else trained (smaller)."""
 
-    def __init__(self, data: Dataset, batch_size: int, seed: int, device: torch.device) -> None:
+    def __init__(self, data: Dataset, batch_size: int, seed: int, device: torch.device,
+                 drop_last: bool = True) -> None:
         self.data, self.batch_size, self.device = data, min(batch_size, len(data.y_train)), device
+        self.drop_last = drop_last
         self.order_gen = torch.Generator().manual_seed(seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
         self.epoch, self.index = 0, 0
@@ -232,18 +258,20 @@ class BatchStream:
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.data.y_train) // self.batch_size
+        n = len(self.data.y_train)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.index + self.batch_size > len(self.perm):
+        end = self.index + (self.batch_size if self.drop_last else 1)
+        if end > len(self.perm):
             self.epoch += 1
             self.index = 0
             self.perm = torch.randperm(len(self.data.y_train), generator=self.order_gen)
         idx = self.perm[self.index : self.index + self.batch_size].to(self.data.x_train.device)
-        self.index += self.batch_size
+        self.index += len(idx)
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         if self.data.augment:
-            x = random_crop_flip(x, self.aug_gen)
+            x = random_crop_flip(x, self.aug_gen, fill=self.data.pad_fill)
         return x, y
 
     def state_dict(self) -> dict:

@@ -64,6 +64,8 @@ def check_optim(cfg: OptimConfig) -> None:
     require(all(0 < m < 1 for m in cfg.milestones), "optim.milestones", cfg.milestones,
             "milestones are fractions of the run in (0, 1)")
     require(cfg.warmup_steps >= 0, "optim.warmup_steps", cfg.warmup_steps, "must be >= 0")
+    require(cfg.warmup_lr is None or cfg.warmup_lr > 0, "optim.warmup_lr", cfg.warmup_lr,
+            "a positive learning rate, or null for a linear warm-up")
     _check_weight_format(cfg)
 
 
@@ -88,7 +90,8 @@ def _check_weight_format(cfg: OptimConfig) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.optim.Optimizer:
-    """The configured optimizer; BatchNorm and bias parameters get no weight decay.
+    """The configured optimizer; BatchNorm and bias parameters get no weight decay unless
+    ``optim.decay_all`` (CPT's code decays every parameter).
 
     With a low-precision ``optim.weight_format`` it is lowp_optim's optimizer (same SGD /
     AdamW math), which also puts the weights into that format (``seed`` keys its stochastic
@@ -103,7 +106,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.
         store_weights_in(model, cfg.weight_format)
     decay, no_decay = [], []
     for p in model.parameters():
-        (no_decay if p.dim() <= 1 else decay).append(p)
+        (no_decay if p.dim() <= 1 and not cfg.decay_all else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     if fmt.is_fp32:
@@ -113,16 +116,27 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.
     return LowPrecisionOptimizer(groups, cfg, fmt, seed)
 
 
-def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Multiplier of the base lr at ``step``: linear warm-up, then the configured schedule."""
+def lr_factor(step: int, total_steps: int, cfg: OptimConfig, start: int = 0) -> float:
+    """Multiplier of the base lr at ``step``: warm-up (linear, or constant at
+    ``optim.warmup_lr``), then the configured schedule.
+
+    ``start`` steps (a deficit probe's low-precision prefix) run at the base lr and the
+    schedule then runs over the remaining ``total_steps - start`` steps, so its milestones
+    move after them (the Better Schedules probe's ``piecewise-no-def-decay``).
+    """
     if step < cfg.warmup_steps:
+        if cfg.warmup_lr is not None:
+            return cfg.warmup_lr / cfg.lr
         return (step + 1) / cfg.warmup_steps
-    return LR_SCHEDULES[cfg.lr_schedule](step, total_steps, cfg)
+    if step < start:
+        return 1.0
+    return LR_SCHEDULES[cfg.lr_schedule](step - start, total_steps - start, cfg)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
-                       cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig,
+                       start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step lr multipliers of ``lr_factor`` (``start``: steps before the schedule starts)."""
     import torch
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                             lambda s: lr_factor(s, total_steps, cfg))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, cfg, start))

@@ -118,9 +118,10 @@ class AccuracyWindow(TrainWindow):
 class ClassificationTask(Task):
     """Images held in memory, cross-entropy, accuracy."""
 
-    def __init__(self, data: Dataset, batch_size: int, seed: int, device: torch.device) -> None:
+    def __init__(self, data: Dataset, batch_size: int, seed: int, device: torch.device,
+                 drop_last: bool = True) -> None:
         self.data, self.device = data, device
-        self.stream = BatchStream(data, batch_size, seed, device)
+        self.stream = BatchStream(data, batch_size, seed, device, drop_last)
         self.info, self.n_train = data.info, len(data.y_train)
         self.steps_per_epoch = self.stream.steps_per_epoch
 
@@ -173,4 +174,4 @@ def task_shape(cfg: DatasetConfig) -> tuple[DatasetInfo, int]:
 def build_task(cfg: TrainConfig, device: torch.device, batch_size: int) -> Task:
     """The task for ``cfg.dataset``, its data loaded onto ``device``."""
     data = build_dataset(cfg.dataset).to(device)
-    return ClassificationTask(data, batch_size, cfg.seed, device)
+    return ClassificationTask(data, batch_size, cfg.seed, device, cfg.trainer.drop_last)

@@ -127,6 +127,9 @@ def test_fashion_mnist_trains(tmp_path: Path) -> None:
     (["prt", "-m", "model=mlp,resnet999"], "model=resnet999 is invalid: choose one of", 2),
     (["train", "schedule.bounds=prt"], "cprec prt model=resnet20 dataset=digits", 2),
     (["nonsense"], "unknown command", 2),
+    (["train", "trainer.eval_bits=best"], "trainer.eval_bits='best' is invalid: choose one of", 2),
+    (["train", "optim.warmup_lr=-1"], "optim.warmup_lr=-1", 2),
+    (["train", "dataset.mean=[0.5]"], "dataset.mean", 2),
 ])
 def test_user_errors_are_one_line(tmp_path: Path, args: list[str], needle: str, code: int) -> None:
     """cprec's validation and Hydra's composition errors alike: one line, exit 2, no run dir."""

@@ -84,3 +84,53 @@ def test_fashion_mnist_from_debian_package() -> None:
     d = build_dataset(DatasetConfig(name="fashion_mnist", download=False, test_subset=1000))
     assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (1000, 1, 28, 28)
     assert d.info.classes == 10 and int(d.y_train.max()) == 9
+
+
+def test_padding_before_normalizing_gives_a_black_border() -> None:
+    """dataset.pad_before_normalize: the crop's border is raw 0 in normalised units,
+    (0 - mean) / std per channel, with the configured mean and std (CPT's constants)."""
+    cfg = DatasetConfig(name="synthetic", num_train=64, num_test=8, augment=True,
+                        pad_before_normalize=True, mean=[0.5, 0.25, 0.0], std=[0.5, 0.25, 2.0])
+    d = build_dataset(cfg)
+    assert torch.allclose(d.pad_fill, torch.tensor([-1.0, -1.0, 0.0]))
+    x = torch.full((1, 3, 4, 4), 7.0)
+    for seed in range(20):  # some crop shifts away from the centre: its border shows
+        out = random_crop_flip(x, torch.Generator().manual_seed(seed), padding=2, fill=d.pad_fill)
+        inside = out == 7.0
+        assert torch.equal(out[0, 0][~inside[0, 0]], torch.full_like(out[0, 0][~inside[0, 0]], -1.0))
+        assert torch.all(out[0, 2][~inside[0, 2]] == 0.0)
+    raw = build_dataset(DatasetConfig(name="synthetic", num_train=64, num_test=8))
+    assert torch.allclose(d.x_train, (raw_synthetic(cfg) - torch.tensor(cfg.mean).view(1, 3, 1, 1))
+                          / torch.tensor(cfg.std).view(1, 3, 1, 1))
+    assert raw.pad_fill is None
+
+
+def raw_synthetic(cfg: DatasetConfig) -> torch.Tensor:
+    from cprec.data import DATASETS
+
+    return DATASETS["synthetic"](cfg)[0]
+
+
+def test_mean_and_std_must_match_the_channels() -> None:
+    """A 3-value mean for 1-channel digits is one clear error naming the channel count."""
+    from cprec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="digits has 1 channels"):
+        build_dataset(DatasetConfig(name="digits", mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2]))
+
+
+def test_keeping_the_last_partial_batch() -> None:
+    """drop_last=False: each epoch sees every sample once, the last batch smaller (1437 = 22 x 64
+    + 29), and ceil(n / b) steps per epoch; drop_last=True skips the 29."""
+    d = build_dataset(DatasetConfig(name="digits"))
+    keep = BatchStream(d, 64, seed=0, device=torch.device("cpu"), drop_last=False)
+    assert keep.steps_per_epoch == 23
+    sizes, seen = [], []
+    for _ in range(23):
+        x, y = keep.next()
+        sizes.append(len(y))
+        seen.append(keep.perm[keep.index - len(y):keep.index])
+    assert sizes == [64] * 22 + [29] and sorted(torch.cat(seen).tolist()) == list(range(1437))
+    assert len(keep.next()[1]) == 64 and keep.epoch == 1
+    drop = BatchStream(d, 64, seed=0, device=torch.device("cpu"))
+    assert drop.steps_per_epoch == 22 and all(len(drop.next()[1]) == 64 for _ in range(23))

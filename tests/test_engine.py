@@ -154,3 +154,43 @@ def test_in_process_resume_from_a_middle_checkpoint_is_bit_exact(compose, tmp_pa
     assert strip(resumed) == strip(whole)
     assert [strip(r) for r in runs.read_metrics(tmp_path / "split")] == \
         [strip(r) for r in runs.read_metrics(tmp_path / "whole")]
+
+
+def test_total_steps_keep_the_last_partial_batch_when_asked(compose) -> None:
+    """trainer.drop_last=false (CPT's loader): epochs * ceil(n / batch) steps."""
+    t = compose(["trainer.epochs=3", "trainer.batch_size=100", "trainer.drop_last=false"]).trainer
+    assert total_steps(t, 1437) == 3 * 15 and total_steps(t, 1400) == 3 * 14
+
+
+@pytest.mark.parametrize("mode", ["current", "max"])
+def test_evaluation_runs_at_the_configured_bits(compose, tmp_path: Path, mode: str) -> None:
+    """trainer.eval_bits=current evaluates at the bits of the step just trained (CPT's code),
+    max at the schedule's top; metrics.jsonl and summary.json say which."""
+    cfg = compose([*SMALL, "trainer.eval_every=2", f"trainer.eval_bits={mode}"])
+    parts = build_run(cfg)
+    summary = Trainer(parts, tmp_path).run()
+    records = runs.read_metrics(tmp_path)
+    assert summary["eval_bits"] == mode and len(records) == 6
+    expected = [r["bits_fw"] if mode == "current" else 8 for r in records]
+    assert [r["bits_fw_eval"] for r in records] == expected
+    assert len(set(expected)) > 1 or mode == "max"  # the cycle is visible in the evaluations
+    from cprec.quant import layer_bits
+
+    last_fw = parts.plan.schedule.bits_at(11)[0] if mode == "current" else 8
+    assert {fw for fw, _ in layer_bits(parts.model).values()} <= {last_fw, 32}
+
+
+def test_deficit_probe_comes_on_top_of_the_run(compose) -> None:
+    """schedule=deficit with K steps (crit_learn.py): K + N steps, min bits for the first K,
+    the lr at its base value through them and its milestones at K + 50% / 75% of N."""
+    cfg = compose([*SMALL, "schedule=deficit", "schedule.deficit_steps=5"])
+    parts = build_run(cfg)
+    assert parts.total_steps == 17 and parts.plan.lr_start == 5
+    assert [parts.precision.bits_at(s)[0] for s in (0, 4, 5, 16)] == [3, 3, 8, 8]
+    lrs = []
+    for _ in range(17):
+        lrs.append(parts.optimizer.param_groups[0]["lr"])
+        parts.optimizer.step()
+        parts.lr_scheduler.step()
+    assert lrs[:11] == [0.1] * 11 and lrs[11] == pytest.approx(0.01)
+    assert lrs[13] == pytest.approx(0.01) and lrs[14] == pytest.approx(0.001)

@@ -49,3 +49,31 @@ def test_no_weight_decay_on_biases_and_batchnorm() -> None:
     decay, no_decay = opt.param_groups
     assert [p.dim() for p in decay["params"]] == [2] and decay["weight_decay"] == 1e-3
     assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_constant_warmup_runs_at_warmup_lr_then_the_schedule() -> None:
+    """CPT's ResNet-110 warm-up: lr 0.01 (factor 0.1 of 0.1) for 400 steps, then 0.1 and the
+    multistep drops at 50%/75% of the run."""
+    cfg = OptimConfig(lr=0.1, warmup_steps=400, warmup_lr=0.01)
+    factors = [lr_factor(s, 64000, cfg) for s in (0, 399, 400, 31999, 32000, 48000)]
+    assert factors == [pytest.approx(0.1), pytest.approx(0.1), 1.0, 1.0, pytest.approx(0.1),
+                       pytest.approx(0.01)]
+    with pytest.raises(ConfigError, match="optim.warmup_lr"):
+        check_optim(OptimConfig(warmup_lr=0.0))
+
+
+def test_lr_schedule_starts_after_a_probe_prefix() -> None:
+    """With ``start`` steps before it (a deficit probe), the lr stays at the base value through
+    them and the milestones fall at start + 50% / 75% of the rest (crit_learn.py's
+    piecewise-no-def-decay)."""
+    cfg = OptimConfig()
+    assert [lr_factor(s, 140, cfg, start=40) for s in (0, 39, 40, 89, 90, 114, 115)] == \
+        [1.0, 1.0, 1.0, 1.0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.01)]
+
+
+def test_decay_all_puts_every_parameter_under_weight_decay() -> None:
+    """optim.decay_all (CPT's code): biases and BN parameters decay too."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    opt = build_optimizer(model, OptimConfig(weight_decay=1e-3, decay_all=True))
+    decay, no_decay = opt.param_groups
+    assert len(decay["params"]) == 4 and decay["weight_decay"] == 1e-3 and not no_decay["params"]

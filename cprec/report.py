@@ -24,8 +24,9 @@ from typing import Any
 
 import yaml
 
-from cprec.config import RESULT_NEUTRAL_KEYS
+from cprec.config import RESULT_NEUTRAL_KEYS, is_result_neutral
 from cprec.errors import CprecError
+from cprec.reproduction import PaperFigures, compare_with_papers, paper_figures, precision_label
 from cprec.runs import read_metrics, write_text
 
 STATS = ("final_acc", "best_acc", "gbitops", "relative_cost", "train_time_s")
@@ -51,6 +52,7 @@ class Run:
     label: str = ""
     plot: str | None = None
     damaged: str | None = None  # a run file that could not be read, and why
+    paper: PaperFigures | None = None  # what the preset's paper reports for this schedule
 
     @property
     def status(self) -> str:
@@ -131,9 +133,8 @@ def _metrics_problem(run_dir: Path) -> str | None:
     return None
 
 
-def _params(run_dir: Path, summary: dict) -> dict[str, str]:
+def _params(run_dir: Path, summary: dict, config: Any) -> dict[str, str]:
     """What identifies a run's group: model/dataset/schedule plus its meaningful overrides."""
-    config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
     params = {}
     for name in IDENTITY:
         section = config.get(name) if isinstance(config, dict) else None
@@ -141,7 +142,7 @@ def _params(run_dir: Path, summary: dict) -> dict[str, str]:
         params[name] = str(value)
     for item in _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []:
         key, _, value = str(item).lstrip("+~").partition("=")
-        if key in IGNORED_KEYS or key in IDENTITY or key.startswith("hydra"):
+        if key in IGNORED_KEYS or is_result_neutral(key) or key in IDENTITY or key.startswith("hydra"):
             continue
         params[key] = value
     return params
@@ -164,8 +165,10 @@ def find_runs(dirs: list[Path]) -> list[Run]:
     runs = []
     for run_dir in found:
         summary = _read_summary(run_dir)
-        runs.append(Run(run_dir, summary, _params(run_dir, summary),
-                        damaged=_metrics_problem(run_dir)))
+        config = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
+        params = _params(run_dir, summary, config)
+        runs.append(Run(run_dir, summary, params, damaged=_metrics_problem(run_dir),
+                        paper=paper_figures(config, summary)))
     return runs
 
 
@@ -213,6 +216,9 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
     """The table users read: accuracies in percent, mean ± sample std over seeds."""
     head = ["group", "runs (ok/all)", "final acc %", "best acc %", "GBitOPs", "rel. cost",
             "train time s", "Pareto"]
+    papers = any(r.get("paper") for r in rows)
+    if papers:
+        head += ["paper", "measured"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         bad = ", ".join(f"{r[s]} {s}" for s in (*NOT_COMPLETED, "other") if r[s])
@@ -223,8 +229,15 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
                  _pm(r["relative_cost_mean"], r["relative_cost_std"], ".4f"),
                  _pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
                  "*" if r["pareto"] else ""]
+        if papers:
+            cells += [r["paper"] or "-", r["measured"] or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"mean ± {STD_NOTE}; * = on the Pareto front of final accuracy vs GBitOPs."]
+    if papers:
+        sources = sorted({r["paper_source"] for r in rows if r.get("paper")})
+        lines += ["", "paper: gains the preset's paper reports (best accuracy in points, cost in % "
+                  "of GBitOPs) over the named baseline; measured: the same from this report's "
+                  "runs. Sources: " + "; ".join(sources)]
     bad_runs = [r for r in runs if r.status != "completed"]
     if bad_runs:
         lines += ["", f"runs that did not complete ({len(bad_runs)}):"]
@@ -248,6 +261,9 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
     """Write report.md/.csv/.json (and PNGs) into ``out``; return the markdown table."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [g.stats() for g in groups]
+    compare_with_papers(rows, [g.runs[0].params for g in groups],
+                        [precision_label(g.runs[0].summary) for g in groups],
+                        [g.runs[0].paper for g in groups])
     if plots:
         from cprec import plots as plotting  # matplotlib only when plotting
 

@@ -25,13 +25,14 @@ SCHEDULES = {
 
 
 def make_run(path: Path, schedule: str, seed: int, summary: dict | None = None,
-             extra: tuple[str, ...] = (), metrics: bool = True) -> Path:
-    """A run dir shaped like `cprec train` leaves it (DESIGN.md contract)."""
+             extra: tuple[str, ...] = (), metrics: bool = True, paper: dict | None = None) -> Path:
+    """A run dir shaped like `cprec train` leaves it (DESIGN.md contract); ``paper`` is a
+    preset's reported figures in its config."""
     (path / ".hydra").mkdir(parents=True)
     overrides = [f"schedule={schedule}", f"seed={seed}", "trainer.progress=false", *extra]
     (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     config = {"seed": seed, "model": {"name": "resnet20"}, "dataset": {"name": "digits"},
-              "schedule": SCHEDULES[schedule]}
+              "schedule": SCHEDULES[schedule], **({"paper": paper} if paper else {})}
     (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (path / "train.log").write_text("")
     lo, hi = (8, 8) if schedule == "static" else (3, 8)
@@ -205,3 +206,41 @@ def test_report_does_not_import_torch(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_paper_figures_stand_beside_the_measured_ones(tmp_path, capsys) -> None:
+    """Runs from a preset that carries its paper's figures get a `paper` column (gain over the
+    named baseline as reported) and a `measured` one (the same from this report's runs: best
+    accuracy in points, GBitOPs saving in percent); the baseline group has neither."""
+    paper = {"source": "CPT (Fu et al., 2021), CIFAR-100 figure",
+             "results": {"3-8/8": {"vs": "8/8", "acc_gain": 0.91, "cost_saving": 36.67}}}
+    root = tmp_path / "sweep"
+    extra = ("experiment=cifar100_resnet74",)
+    for seed in range(2):
+        make_run(root / f"s{seed}", "static", seed, {"best_acc": 0.70 + 0.01 * seed, "gbitops": 300.0},
+                 extra, paper=paper)
+        make_run(root / f"c{seed}", "cpt_cosine", seed,
+                 {"best_acc": 0.71 + 0.01 * seed, "gbitops": 190.0}, extra, paper=paper)
+    assert main_cli([str(root), "--no-plots"]) == 0
+    groups = {g["group"]: g for g in read_report(root / "report")["groups"]}
+    assert groups["schedule=cpt_cosine"]["paper"] == "+0.91 pts, -36.67% cost vs 8/8"
+    assert groups["schedule=cpt_cosine"]["measured"] == "+1.00 pts, -36.67% cost vs 8/8"
+    assert groups["schedule=static"]["paper"] == groups["schedule=static"]["measured"] == ""
+    table = capsys.readouterr().out
+    assert "| paper | measured |" in table and "Sources: CPT (Fu et al., 2021), CIFAR-100 figure" in table
+    make_run(tmp_path / "alone" / "c0", "cpt_cosine", 0, {}, extra, paper=paper)
+    assert main_cli([str(tmp_path / "alone"), "--no-plots"]) == 0
+    (row,) = read_report(tmp_path / "alone" / "report")["groups"]
+    assert row["measured"] == "no 8/8 runs in this report"
+    make_run(tmp_path / "six" / "c0", "cpt_cosine", 0, {"bits_fw_max": 6, "bits_bw": 6}, extra,
+             paper=paper)
+    assert main_cli([str(tmp_path / "six"), "--no-plots"]) == 0
+    (row,) = read_report(tmp_path / "six" / "report")["groups"]
+    assert row["paper"] == ""  # 3-6/6 is not what the paper figure is about
+
+
+def test_reports_without_paper_figures_keep_their_columns(tmp_path, capsys) -> None:
+    """Runs from no preset: the table has no paper columns at all."""
+    make_run(tmp_path / "r" / "a", "static", 0, {})
+    assert main_cli([str(tmp_path / "r"), "--no-plots"]) == 0
+    assert "| paper |" not in capsys.readouterr().out

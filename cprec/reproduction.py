@@ -1,0 +1,93 @@
+"""The papers' numbers beside ours: a preset's reported figures against what its runs measured.
+
+A paper preset carries what the paper reports as data (the ``paper`` config key), keyed by
+the precision a run trains at (``<min>-<max>/<bw>`` cyclic, ``<bits>/<bw>`` static)::
+
+    paper:
+      source: CPT (Fu et al., ICLR 2021), CIFAR-100 figure
+      results:
+        3-8/8: {vs: 8/8, acc_gain: 0.91, cost_saving: 36.67}
+
+Papers report a schedule against its static baseline (accuracy gain in points, cost
+saving in percent), so that is what is compared: for a group of runs with a paper entry,
+the same quantities are measured against the group of the same report that differs only
+in its schedule settings and trains at the baseline's precision. CPT reports the best test
+accuracy over training; so does the measured gain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+FIGURES = ("acc_gain", "cost_saving")  # points of (best) accuracy, percent of GBitOPs
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """What a paper reports for one precision setting: gains over the ``vs`` setting."""
+
+    source: str
+    vs: str
+    acc_gain: float | None = None
+    cost_saving: float | None = None
+
+
+def precision_label(summary: dict) -> str:
+    """``3-8/8`` (cyclic), ``8/8`` (static) from a run's summary.json."""
+    lo, hi, bw = (summary.get(k) for k in ("bits_fw_min", "bits_fw_max", "bits_bw"))
+    return f"{lo}/{bw}" if lo == hi else f"{lo}-{hi}/{bw}"
+
+
+def paper_figures(config: Any, summary: dict) -> PaperFigures | None:
+    """The figures a run's config (its ``paper`` key) holds for the run's precision, if any."""
+    paper = config.get("paper") if isinstance(config, dict) else None
+    results = paper.get("results") if isinstance(paper, dict) else None
+    entry = results.get(precision_label(summary)) if isinstance(results, dict) else None
+    if not isinstance(entry, dict) or "vs" not in entry:
+        return None
+    numbers = {k: float(entry[k]) for k in FIGURES if isinstance(entry.get(k), int | float)}
+    return PaperFigures(str(paper.get("source", "")), str(entry["vs"]), **numbers)
+
+
+def describe(acc_gain: float | None, cost_saving: float | None, vs: str) -> str:
+    """``+0.91 pts, -36.67% cost vs 8/8`` (a missing figure is left out)."""
+    parts = []
+    if acc_gain is not None:
+        parts.append(f"{acc_gain:+.2f} pts")
+    if cost_saving is not None:
+        parts.append(f"-{cost_saving:.2f}% cost")
+    return f"{', '.join(parts)} vs {vs}" if parts else "-"
+
+
+def measured_gains(stats: dict, baseline: dict) -> tuple[float | None, float | None]:
+    """(best-accuracy gain in points, cost saving in %) of a group's stats over a baseline's."""
+    acc = cost = None
+    if stats.get("best_acc_mean") is not None and baseline.get("best_acc_mean") is not None:
+        acc = 100 * (stats["best_acc_mean"] - baseline["best_acc_mean"])
+    if stats.get("gbitops_mean") and baseline.get("gbitops_mean"):
+        cost = 100 * (1 - stats["gbitops_mean"] / baseline["gbitops_mean"])
+    return acc, cost
+
+
+def _setting(params: dict[str, str]) -> tuple:
+    """A group's params without its schedule settings: what a baseline must share."""
+    return tuple(sorted((k, v) for k, v in params.items()
+                        if k != "schedule" and not k.startswith("schedule.")))
+
+
+def compare_with_papers(rows: list[dict], params: list[dict[str, str]], labels: list[str],
+                        figures: list[PaperFigures | None]) -> None:
+    """Add ``paper``, ``paper_source`` and ``measured`` to every report row (empty where the
+    row's runs have no paper figures). Row i's group has ``params[i]``, trains at precision
+    ``labels[i]`` and has ``figures[i]``."""
+    keyed = {(_setting(p), label): row for p, label, row in zip(params, labels, rows)}
+    for row, p, fig in zip(rows, params, figures):
+        if fig is None:
+            row["paper"] = row["paper_source"] = row["measured"] = ""
+            continue
+        base = keyed.get((_setting(p), fig.vs))
+        row["paper"] = describe(fig.acc_gain, fig.cost_saving, fig.vs)
+        row["paper_source"] = fig.source
+        row["measured"] = (describe(*measured_gains(row, base), fig.vs) if base is not None
+                           else f"no {fig.vs} runs in this report")

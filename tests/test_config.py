@@ -73,6 +73,17 @@ def test_cpt_recipe_preset(compose) -> None:
     assert (o.name, o.lr, o.momentum, o.weight_decay, o.lr_schedule) == ("sgd", 0.1, 0.9, 1e-4, "multistep")
     assert o.milestones == [0.5, 0.75]
     assert (cfg.schedule.min_bits, cfg.schedule.max_bits, cfg.schedule.bw_bits) == (3, 8, 8)
+    # as CPT's code runs it (issue 11): pinned bounds, evaluation at the precision just trained,
+    # decay on every parameter, raw-image padding with CPT's constants, the last batch kept
+    assert cfg.schedule.bounds == "config" and cfg.trainer.eval_bits == "current"
+    assert cfg.trainer.eval_every == 390 and cfg.trainer.drop_last is False
+    assert o.decay_all is True and (o.warmup_steps, o.warmup_lr) == (0, None)
+    d = cfg.dataset
+    assert d.pad_before_normalize and d.mean == [0.4914, 0.4822, 0.4465] and d.std == [0.2023, 0.1994, 0.2010]
+    assert cfg.paper["results"]["3-8/8"] == {"vs": "8/8", "cost_saving": 36.67}
+    deep = compose(["experiment=cifar100_resnet110"])
+    assert (deep.optim.warmup_steps, deep.optim.warmup_lr) == (400, 0.01)
+    assert deep.paper["results"]["3-8/8"] == {"vs": "8/8", "acc_gain": 0.73, "cost_saving": 36.67}
 
 
 def test_contract_keys_exist(compose) -> None:
@@ -157,11 +168,13 @@ def test_train_yaml_repeats_no_schema_section() -> None:
 
 @pytest.mark.parametrize("name", options("experiment"))
 def test_presets_state_only_model_and_dataset(name: str) -> None:
-    """Every experiment preset is the shared recipe plus a model and a dataset."""
+    """Every experiment preset is the shared recipe plus a model and a dataset, and the paper's
+    figures for it (ResNet-110 adds CPT's warm-up)."""
     import yaml
 
     raw = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
-    assert set(raw) == {"defaults"}
+    assert set(raw) == {"defaults", "paper", *(["optim"] if "resnet110" in name else [])}
+    assert set(raw["paper"]) == {"source", "results"} and "3-8/8" in raw["paper"]["results"]
     entries = [next(iter(e)) if isinstance(e, dict) else e for e in raw["defaults"]]
     assert entries == ["/recipe/cpt_cifar", "override /model", "override /dataset"]
 
@@ -198,3 +211,22 @@ def test_report_ignores_exactly_the_neutral_keys_and_the_seed() -> None:
     from cprec.report import IGNORED_KEYS
 
     assert IGNORED_KEYS == {"seed", *RESULT_NEUTRAL_KEYS}
+
+
+def test_presets_keep_the_paper_bounds_beside_a_prt_result(compose, tmp_path) -> None:
+    """A PRT result left in outputs/prt for the same model and dataset does not replace a
+    preset's pinned 3..8 bounds (it would with schedule.bounds=auto)."""
+    import json
+
+    from cprec.build import plan_run
+    from cprec.paths import prt_result_path
+
+    path = prt_result_path(str(tmp_path), "resnet74", "cifar10")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"lower_bits": 5, "upper_bits": 7, "model": "resnet74",
+                                "dataset": "cifar10"}))
+    preset = plan_run(compose(["experiment=cifar10_resnet74", f"output_root={tmp_path}"]))
+    assert preset.schedule.fw_range == (3, 8) and preset.bounds_source == "config"
+    auto = plan_run(compose(["experiment=cifar10_resnet74", f"output_root={tmp_path}",
+                             "schedule.bounds=auto"]))
+    assert auto.schedule.fw_range == (5, 7)

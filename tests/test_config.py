@@ -28,6 +28,8 @@ def test_groups_are_populated() -> None:
                                        "synthetic"}
     assert {"fp32", "static", "cpt_cosine", "deficit"} <= set(options("schedule"))
     assert len([s for s in options("schedule") if s.startswith("cpt_")]) == 12
+    assert set(options("schedule")) >= {f"{p}_{s}" for p in ("cos", "linear", "exp", "demon")
+                                        for s in ("growth", "decay")}  # Better Schedules' names
 
 
 @pytest.mark.parametrize("name", options("model"))
@@ -94,6 +96,11 @@ def test_contract_keys_exist(compose) -> None:
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("optim.lr=-1", "optim.lr"),
     ("trainer.device=tpu", "trainer.device"),
+    ("schedule.flip=diagonal", "schedule.flip"),
+    ("schedule.cycle_length=ceil", "schedule.cycle_length"),
+    ("schedule.ties=up", "schedule.ties"),
+    ("schedule.bw_min_bits=9", "schedule.bw_min_bits"),
+    ("schedule.bw_min_bits=0", "schedule.bw_min_bits"),
 ])
 def test_validation_names_the_key(compose, override: str, key: str) -> None:
     """An out-of-range value raises a ConfigError that names the offending key."""

@@ -9,6 +9,8 @@ between the --cyclic_num_grad_bits_schedule bounds, --flip-vertically for exp/de
 
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -247,3 +249,23 @@ def test_schedule_errors_are_one_line(tmp_path: Path, args: list[str], needle: s
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
 
+
+def test_schedule_preview_writes_every_steps_bits(compose, tmp_path: Path) -> None:
+    """`cprec schedule` writes schedule.csv (step,bits_fw,bits_bw; one row per step from 0)
+    whose rows are bits_at of every step, and schedule.json names it."""
+    from cprec.build import plan_run
+
+    overrides = ["schedule=demon_decay", "schedule.bw_min_bits=5", "schedule.cycles=3",
+                 "trainer.steps=301", "model=mlp"]
+    out = run_cli(["schedule", *overrides], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    preview = next((tmp_path / "outputs" / "schedule").rglob("schedule.json"))
+    result = json.loads(preview.read_text())
+    assert (result["csv"], result["bits_bw_min"], result["bits_bw_max"]) == ("schedule.csv", 5, 8)
+    with open(preview.parent / result["csv"], newline="") as f:
+        rows = list(csv.reader(f))
+    schedule = plan_run(compose(overrides)).schedule
+    assert rows[0] == ["step", "bits_fw", "bits_bw"]
+    assert [tuple(map(int, r)) for r in rows[1:]] == [(t, *schedule.bits_at(t)) for t in range(301)]
+    assert "backward 5..8 bits" in out.stdout
+    assert not list(preview.parent.glob(".*.tmp"))

@@ -162,15 +162,40 @@ def test_train_yaml_repeats_no_schema_section() -> None:
     assert set(raw) == {"defaults", "output_root", "hydra"}
 
 
+# what a preset may set besides its recipe, model and dataset: the values its paper's runs
+# changed per model (Better Schedules' MobileNetV2: forward 4..8 bits, lr 0.03)
+PRESET_EXTRAS = {"cpt_cifar": {}, "bps_cifar": {"schedule": {"min_bits", "max_bits"}, "optim": {"lr"}}}
+
+
 @pytest.mark.parametrize("name", options("experiment"))
 def test_presets_state_only_model_and_dataset(name: str) -> None:
-    """Every experiment preset is the shared recipe plus a model and a dataset."""
+    """Every experiment preset is its paper's shared recipe (bps_* presets: bps_cifar, the
+    others cpt_cifar) plus a model and a dataset, and at most the per-model values its
+    recipe allows."""
     import yaml
 
     raw = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
-    assert set(raw) == {"defaults"}
+    recipe = "bps_cifar" if name.startswith("bps_") else "cpt_cifar"
     entries = [next(iter(e)) if isinstance(e, dict) else e for e in raw["defaults"]]
-    assert entries == ["/recipe/cpt_cifar", "override /model", "override /dataset"]
+    assert entries == [f"/recipe/{recipe}", "override /model", "override /dataset"]
+    extras = {k: set(v) for k, v in raw.items() if k != "defaults"}
+    allowed = PRESET_EXTRAS[recipe]
+    assert all(k in allowed and v <= allowed[k] for k, v in extras.items()), extras
+
+
+@pytest.mark.parametrize("name, model, lo, lr", [("bps_cifar10_resnet74", "resnet74", 3, 0.1),
+                                                 ("bps_cifar100_mobilenetv2", "mobilenetv2", 4, 0.03)])
+def test_better_schedules_presets(compose, name: str, model: str, lo: int, lr: float) -> None:
+    """experiment=bps_* sets up the Better Schedules authors' CIFAR runs (run_train.py): 8
+    cycles, pinned bounds, 64k steps, SGD with wd 1e-4; a swept schedule keeps all of it."""
+    for extra, schedule in (([], "cos_growth"), (["schedule=demon_decay"], "demon_decay")):
+        cfg = compose([f"experiment={name}", *extra])
+        s, o = cfg.schedule, cfg.optim
+        assert (cfg.model.name, s.name, s.cycles, s.bounds) == (model, schedule, 8, "config")
+        assert (s.min_bits, s.max_bits, s.bw_bits, s.bw_min_bits, s.cycle_length) == \
+            (lo, 8, 8, None, "floor_plus_one")
+        assert (cfg.trainer.steps, cfg.trainer.batch_size, cfg.trainer.eval_every) == (64000, 128, 390)
+        assert (o.name, o.lr, o.momentum, o.weight_decay, o.milestones) == ("sgd", lr, 0.9, 1e-4, [0.5, 0.75])
 
 
 def test_result_neutral_keys_agree_with_the_job_names() -> None:

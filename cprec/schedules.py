@@ -64,8 +64,8 @@ def _y(mod: int, period: int) -> float:
 class Profile:
     """One row of PAPERS.md section 2's table, in the Better Schedules code's arithmetic.
 
-    ``variable(t mod T, T)`` is the profile's x (z = t/T, or y = 1 - z for rex, computed as
-    (T - t)/T like the authors), ``term(x)`` its curve in [0, 1]. A rising cycle is
+    ``variable(t mod T, T)`` is the profile's x (z = (t mod T) / T, or for rex y = 1 - z,
+    computed as (T - t mod T) / T like the authors), ``term(x)`` its curve in [0, 1]. A rising cycle is
     ``min + D term(x)`` when ``from_min`` (cosine, linear), else ``max - D term(x)`` (exp,
     rex); a falling one is its mirror image: ``max - D term(x)`` (from_min), upside down
     ``min + D term(x)`` (flip=vertical) or mirrored in time ``max - D term(1 - x)``

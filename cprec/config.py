@@ -60,12 +60,18 @@ class ScheduleConfig:
     name: str = "fp32"
     kind: str = "fp32"  # fp32 | static | cyclic | deficit
     bits: int = 8  # static forward bits
-    bw_bits: int = 8  # backward (error) bits, fixed over the run
+    bw_bits: int = 8  # backward (error) bits; the top of their range when bw_min_bits is set
+    bw_min_bits: int | None = None  # cyclic: errors cycle bw_min_bits..bw_bits; null = fixed
     min_bits: int = 3
     max_bits: int = 8
     cycles: int = 32
     profile: str = "cosine"  # cosine | linear | exp | rex
-    shape: str = "growth"  # growth | decay | triangular
+    # growth (rises every cycle) | fall_rise (falls on even cycles, rises on odd: Better
+    # Schedules' decay) | falling (every cycle) | rise_fall (rises on even, falls on odd)
+    shape: str = "growth"
+    flip: str = "horizontal"  # how an exp/rex cycle falls: horizontal | vertical
+    cycle_length: str = "floor"  # T = floor(N/C) (CPT's code) | floor_plus_one (Better Schedules')
+    ties: str = "exact"  # rint of the exact value | float: of the float64 value, as their code
     bounds: str = "auto"  # auto | prt | config
     deficit_steps: int = 0  # deficit: steps at min_bits before switching to max_bits
 
@@ -276,8 +282,14 @@ def is_result_neutral(key: str) -> bool:
 
 
 def check_same_run(saved: dict, current: dict, run_dir: Any) -> None:
-    """Refuse to continue a checkpoint under a config that computes something else."""
-    a, b = _flatten(saved), _flatten(current)
+    """Refuse to continue a checkpoint under a config that computes something else.
+
+    A key the saved config lacks (a run saved before the key existed) counts as its
+    default, which is what that run computed with.
+    """
+    defaults = _flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
+    b = _flatten(current)
+    a = {**{k: v for k, v in defaults.items() if k in b}, **_flatten(saved)}
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not is_result_neutral(k)]
     if diff:
         k = diff[0]

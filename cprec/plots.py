@@ -94,7 +94,7 @@ def schedule_curve(summary: dict) -> tuple[list[int], list[int], list[int]] | No
     spec = summary.get("schedule_spec")
     if not isinstance(spec, dict):
         return None
-    sched = PrecisionSchedule(**spec)
+    sched = PrecisionSchedule.from_spec(spec)
     steps = list(range(0, sched.total_steps, max(1, sched.total_steps // MAX_CURVE_POINTS)))
     bits = [sched.bits_at(t) for t in steps]
     return [t + 1 for t in steps], [b[0] for b in bits], [b[1] for b in bits]

@@ -59,8 +59,7 @@ def last_layer_rule(model: nn.Module, bits: int | str | None, classes: int,
     if not layers or not compute or layers[-1] != compute[-1]:
         return None  # the final classifier stays in full precision
     rule = LastLayer(layers[-1], bits, classes)
-    lowest = min(min(rule.adjust(fw, bw)) for fw, bw in
-                 {schedule.bits_at(0), (schedule.fw_range[0], schedule.bits_at(0)[1])})
+    lowest = min(rule.adjust(schedule.fw_range[0], schedule.bw_range[0]))
     floor = last_layer_guideline(classes)
     if lowest < floor:
         log.warning("the last layer (%s) is quantized down to %d bits, below cprec's guideline of "

@@ -56,6 +56,15 @@ def _first_lines(text: str, stop: tuple[str, ...] = ("Config search path", "Sear
     return " ".join(x for x in kept if x)
 
 
+def renamed_hint(group: str, option: str) -> str | None:
+    """What a config option cprec renamed is called now (one sentence), else None."""
+    if group == "schedule":
+        from cprec.schedules import RENAMED_SCHEDULES
+
+        return RENAMED_SCHEDULES.get(option)
+    return None
+
+
 def explain(error: Exception, overrides: list[str]) -> str:
     """One line for a Hydra/OmegaConf composition error: ``<key>=<value> is invalid: <reason>``
     where the override at fault can be named, else Hydra's own words on one line."""
@@ -69,6 +78,8 @@ def explain(error: Exception, overrides: list[str]) -> str:
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group = error.missing_cfg_file.rpartition("/")[0]
         culprit, options = _culprit(overrides, group), list(error.options or [])
+        if culprit and (hint := renamed_hint(group, culprit.partition("=")[2])):
+            return f"{culprit} is invalid: {hint}"
         if culprit and options:
             return f"{culprit} is invalid: choose one of {options}"
         return _first_lines(message) + (f"; choose one of {options}" if options else "")

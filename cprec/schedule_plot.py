@@ -20,9 +20,12 @@ def hydra_main(cfg: DictConfig) -> None:
         from cprec.schedule_preview import preview_schedule
 
         r = preview_schedule(to_train_config(cfg), out_dir)
+        lo, hi = r["bits_bw_min"], r["bits_bw_max"]
+        bw = lo if lo == hi else f"{lo}..{hi}"
         print(f"{r['schedule']}: {r['total_steps']} steps, forward {r['bits_fw_min']}..{r['bits_fw_max']} "
-              f"bits (mean {r['mean_bits_fw']:.2f}), backward {r['bits_bw']} bits, bounds from "
-              f"{r['bounds_source']}; relative cost {r['relative_cost']:.4f} of fp32 -> {r['png']}")
+              f"bits (mean {r['mean_bits_fw']:.2f}), backward {bw} bits, bounds from "
+              f"{r['bounds_source']}; relative cost {r['relative_cost']:.4f} of fp32 -> "
+              f"{out_dir} ({r['png']}, {r['csv']}, schedule.json)")
         return {"status": "completed", **r}
 
     run_task(task, lambda message: None)

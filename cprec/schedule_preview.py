@@ -7,12 +7,17 @@ from pathlib import Path
 from cprec import runs
 from cprec.config import TrainConfig
 
+CSV, PNG = "schedule.csv", "schedule.png"  # beside schedule.json, which names them
+
 
 def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
-    """Write schedule.png and schedule.json for the run ``cfg`` describes; no training.
+    """Write schedule.csv, schedule.png and schedule.json for the run ``cfg`` describes; no
+    training.
 
-    The relative cost uses the model's MACs per layer (measured on a dummy input of the
-    dataset's shape), so first/last full-precision layers count as they will in the run.
+    schedule.csv holds the bits of every training step (``step,bits_fw,bits_bw``, steps from
+    0); schedule.json names it and the PNG, and is written last. The relative cost uses the
+    model's MACs per layer (measured on a dummy input of the dataset's shape), so first/last
+    full-precision layers count as they will in the run.
     """
     import torch
 
@@ -31,12 +36,12 @@ def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
     macs = measure_macs(model, torch.zeros(1, info.channels, info.size, info.size))
     rel = relative_cost_of(schedule, macs, set(quant_layers(model)))
     bits = [schedule.bits_at(t) for t in range(total)]
-    result = {"schedule": cfg.schedule.name, "total_steps": total, "bits_fw_min": schedule.fw_range[0],
-              "bits_fw_max": schedule.fw_range[1], "bits_bw": bits[0][1],
+    result = {"schedule": cfg.schedule.name, "total_steps": total, **schedule.bit_ranges(),
               "bounds_source": plan.bounds_source, "relative_cost": rel,
-              "mean_bits_fw": sum(b[0] for b in bits) / total}
+              "mean_bits_fw": sum(b[0] for b in bits) / total,
+              "mean_bits_bw": sum(b[1] for b in bits) / total, "csv": CSV, "png": PNG}
+    runs.write_text(out_dir / CSV, "step,bits_fw,bits_bw\n" +
+                    "".join(f"{t},{fw},{bw}\n" for t, (fw, bw) in enumerate(bits)))
+    schedule_bits(bits, f"{result['schedule']}: relative cost {rel:.4f} of fp32", out_dir / PNG)
     runs.write_json(out_dir / "schedule.json", result)
-    schedule_bits(bits, f"{result['schedule']}: relative cost {rel:.4f} of fp32",
-                  out_dir / "schedule.png")
-    result["png"] = str(out_dir / "schedule.png")
     return result

@@ -1,16 +1,19 @@
 """Precision schedules: pure ``bits_at(step)`` functions plus a small resumable scheduler.
 
 Forward precision (weights and activations) follows the schedule; backward precision
-(errors) stays fixed, as CPT found cycling it less stable. Cyclic schedules follow
-PAPERS.md sections 1-2: period T = floor(N / C), z = (t mod T) / T, D = max - min, rint.
+(errors) stays at ``bw_bits`` unless ``bw_min_bits`` is set, then it cycles the same way
+between ``bw_min_bits`` and ``bw_bits``. Cyclic schedules follow PAPERS.md sections 1-2
+and the authors' code: z = (t mod T) / T, D = max - min, rint; the cycle length T, the
+shape, the flip of exp/rex falls and the rounding of ties are options (README).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from cprec.errors import ConfigError
 
@@ -18,52 +21,117 @@ if TYPE_CHECKING:
     from cprec.config import ScheduleConfig
 
 KINDS = ("fp32", "static", "cyclic", "deficit")
-SHAPES = ("growth", "decay", "triangular")
+# which way each cycle runs: growth rises every cycle (CPT; Better Schedules X_growth),
+# fall_rise falls on cycles 0, 2, ... and rises on 1, 3, ... (Better Schedules X_decay);
+# cprec's own: falling falls every cycle, rise_fall rises on cycles 0, 2, ... and falls on 1, 3, ...
+SHAPES = ("growth", "fall_rise", "falling", "rise_fall")
+# cycle length T from N steps and C cycles: floor(N / C) (CPT's code), + 1 (Better Schedules' code)
+CYCLE_LENGTHS = {"floor": 0, "floor_plus_one": 1}
+# a falling exp/rex cycle: the rising curve mirrored in time (horizontal, the Better Schedules
+# train.py default) or upside down (vertical); cosine and linear look the same either way
+FLIPS = ("horizontal", "vertical")
+# exact: rint of the exact value (a true .5 goes to even, whatever float64 says); float:
+# np.rint of the value float64 arithmetic gives, as the Better Schedules code rounds
+TIES = ("exact", "float")
 BOUNDS_MODES = ("auto", "prt", "config")  # where a cyclic run's min/max bits come from
 
 
-def cyclic_bits(step: int, total_steps: int, cycles: int, lo: int, hi: int,
-                profile: str = "cosine", shape: str = "growth") -> int:
-    """Forward bits at ``step`` of a cyclic schedule between ``lo`` and ``hi``.
+def _cosine(z: float) -> float:
+    return 0.5 * (1.0 - np.cos(np.pi * z))
 
-    ``growth`` repeats a rising cycle (cosine growth is CPT's schedule), ``decay`` repeats
-    a falling one, ``triangular`` alternates growth (even cycles) and decay (odd cycles),
-    so precision rises and falls like a triangle wave starting from ``lo``.
+
+def _linear(z: float) -> float:
+    return z
+
+
+def _exp(z: float) -> float:
+    return np.exp(-4 * z)
+
+
+def _rex(y: float) -> float:
+    return y / (1 - 0.9 + 0.9 * y)  # the authors' (1 - 0.9), a hair below 0.1 in float64
+
+
+def _z(mod: int, period: int) -> float:
+    return mod / period
+
+
+def _y(mod: int, period: int) -> float:
+    return (period - mod) / period
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One row of PAPERS.md section 2's table, in the Better Schedules code's arithmetic.
+
+    ``variable(t mod T, T)`` is the profile's x (z = (t mod T) / T, or for rex y = 1 - z,
+    computed as (T - t mod T) / T like the authors), ``term(x)`` its curve in [0, 1]. A rising cycle is
+    ``min + D term(x)`` when ``from_min`` (cosine, linear), else ``max - D term(x)`` (exp,
+    rex); a falling one is its mirror image: ``max - D term(x)`` (from_min), upside down
+    ``min + D term(x)`` (flip=vertical) or mirrored in time ``max - D term(1 - x)``
+    (flip=horizontal). Adding a profile is one term function and one entry in PROFILES.
     """
-    period = max(total_steps // cycles, 1)
-    cycle, z = divmod(step, period)
-    z /= period
-    rising = shape == "growth" or (shape == "triangular" and cycle % 2 == 0)
-    from_min, term = PROFILES[profile](z)
-    value = lo + (hi - lo) * term if from_min == rising else hi - (hi - lo) * term
-    # rint of the exact value: ties are common (linear 3..8 mid-cycle: 5.5; linear decay 1..16
-    # at z = 5/6: 3.5; cosine 2..8 at z = 1/3: 3.5) and float evaluation lands them an ulp
-    # either side, so snap to 9 decimals first; then round() rounds half to even, like rint
-    return int(round(round(value, 9)))
+
+    from_min: bool
+    variable: Callable[[int, int], float]
+    term: Callable[[float], float]
+
+    def value(self, mod: int, period: int, lo: int, hi: int, fall: bool, flip: str) -> float:
+        x, d = self.variable(mod, period), float(hi - lo)
+        if self.from_min:
+            return hi - d * self.term(x) if fall else lo + d * self.term(x)
+        if not fall:
+            return hi - d * self.term(x)
+        return lo + d * self.term(x) if flip == "vertical" else hi - d * self.term(1.0 - x)
 
 
-def _cosine(z: float) -> tuple[bool, float]:
-    return True, 0.5 * (1 - math.cos(math.pi * z))
+PROFILES: dict[str, Profile] = {
+    "cosine": Profile(True, _z, _cosine), "linear": Profile(True, _z, _linear),
+    "exp": Profile(False, _z, _exp), "rex": Profile(False, _y, _rex)}
 
 
-def _linear(z: float) -> tuple[bool, float]:
-    return True, z
+def period_of(total_steps: int, cycles: int, rule: str = "floor") -> int:
+    """T: floor(N / C) (CPT's code), or floor(N / C) + 1 (rule floor_plus_one, Better Schedules')."""
+    return max(total_steps // cycles + CYCLE_LENGTHS[rule], 1)
 
 
-def _exp(z: float) -> tuple[bool, float]:
-    return False, math.exp(-4 * z)
+def falls(shape: str, cycle: int) -> bool:
+    """Whether cycle number ``cycle`` (0-based) of ``shape`` runs from the top down."""
+    return {"growth": False, "falling": True, "fall_rise": cycle % 2 == 0,
+            "rise_fall": cycle % 2 == 1}[shape]
 
 
-def _rex(z: float) -> tuple[bool, float]:
-    y = 1 - z
-    return False, y / (0.1 + 0.9 * y)
+def rint(value: float, ties: str = "exact") -> int:
+    """Round half to even; ``exact`` snaps to 9 decimals first, so a true tie that float64
+    lands an ulp off (cosine 2..8 at z = 1/3: 3.4999999999999996) still counts as .5."""
+    return int(np.rint(round(float(value), 9) if ties == "exact" else value))
 
 
-# PAPERS.md section 2's table, one entry per profile: term(z) -> (growth is written from
-# b_min, f): growth is b_min + D f (cosine, linear) or b_max - D f (exp, rex); decay is its
-# mirror image. Adding a profile is one function and one entry here.
-PROFILES: dict[str, Callable[[float], tuple[bool, float]]] = {
-    "cosine": _cosine, "linear": _linear, "exp": _exp, "rex": _rex}
+def cyclic_bits(step: int, total_steps: int, cycles: int, lo: int, hi: int,
+                profile: str = "cosine", shape: str = "growth", *, flip: str = "horizontal",
+                rule: str = "floor", ties: str = "exact") -> int:
+    """Bits at ``step`` (0-based) of a cyclic schedule between ``lo`` and ``hi``.
+
+    ``shape`` says which cycles rise and which fall (SHAPES), ``rule`` how long a cycle is
+    (CYCLE_LENGTHS), ``flip`` how an exp/rex cycle falls (FLIPS), ``ties`` how a .5 rounds.
+    """
+    period = period_of(total_steps, cycles, rule)
+    cycle, mod = divmod(step, period)
+    return rint(PROFILES[profile].value(mod, period, lo, hi, falls(shape, cycle), flip), ties)
+
+
+# the schedules and shapes cprec had before it followed the Better Schedules code's names:
+# the one line a user who asks for one gets
+_REFERENCE_PROFILE = {"cosine": "cos", "linear": "linear", "exp": "exp", "rex": "demon"}
+RENAMED_SHAPES = {
+    "decay": "renamed: the shape that falls every cycle is schedule.shape=falling; the Better "
+             "Schedules decay (falls, then rises, alternating) is schedule.shape=fall_rise",
+    "triangular": "renamed: use schedule.shape=rise_fall (rises on even cycles, falls on odd ones)"}
+RENAMED_SCHEDULES = {
+    **{f"cpt_{p}_triangular": f"renamed to schedule=cpt_{p}_rise_fall (same bits)" for p in PROFILES},
+    **{f"cpt_{p}_decay": f"renamed to schedule=cpt_{p}_falling (same bits); the Better Schedules "
+                         f"{r}_decay (falls, then rises, alternating) is schedule={r}_decay"
+       for p, r in _REFERENCE_PROFILE.items()}}
 
 
 def check_schedule(cfg: ScheduleConfig) -> None:
@@ -72,11 +140,22 @@ def check_schedule(cfg: ScheduleConfig) -> None:
 
     require_choice("schedule.kind", cfg.kind, KINDS)
     require_choice("schedule.profile", cfg.profile, PROFILES)
+    require(cfg.shape not in RENAMED_SHAPES, "schedule.shape", cfg.shape, RENAMED_SHAPES.get(cfg.shape, ""))
     require_choice("schedule.shape", cfg.shape, SHAPES)
+    require_choice("schedule.flip", cfg.flip, FLIPS)
+    require_choice("schedule.cycle_length", cfg.cycle_length, CYCLE_LENGTHS)
+    require_choice("schedule.ties", cfg.ties, TIES)
     for key in ("bits", "bw_bits", "min_bits", "max_bits"):
         check_bits(f"schedule.{key}", getattr(cfg, key))
     require(cfg.min_bits <= cfg.max_bits, "schedule.min_bits", cfg.min_bits,
             f"must not exceed schedule.max_bits={cfg.max_bits}")
+    if cfg.bw_min_bits is not None:
+        check_bits("schedule.bw_min_bits", cfg.bw_min_bits)
+        require(cfg.bw_min_bits <= cfg.bw_bits, "schedule.bw_min_bits", cfg.bw_min_bits,
+                f"must not exceed schedule.bw_bits={cfg.bw_bits}")
+        require(cfg.kind == "cyclic", "schedule.bw_min_bits", cfg.bw_min_bits,
+                f"only a cyclic schedule cycles the backward bits (schedule.kind={cfg.kind}); "
+                "set schedule.bw_min_bits=null")
     require(cfg.cycles > 0, "schedule.cycles", cfg.cycles, "must be a positive number of cycles")
     require_choice("schedule.bounds", cfg.bounds, BOUNDS_MODES)
     require(cfg.deficit_steps >= 0, "schedule.deficit_steps", cfg.deficit_steps, "must be >= 0")
@@ -97,7 +176,8 @@ def check_fits_run(cfg: ScheduleConfig, total_steps: int) -> None:
 
 @dataclass(frozen=True)
 class PrecisionSchedule:
-    """A schedule resolved for one run: bounds known, length known."""
+    """A schedule resolved for one run: bounds known, length known (summary.json saves it
+    as ``schedule_spec``)."""
 
     kind: str
     total_steps: int
@@ -109,6 +189,14 @@ class PrecisionSchedule:
     profile: str = "cosine"
     shape: str = "growth"
     deficit_steps: int = 0
+    flip: str = "horizontal"
+    cycle_length: str = "floor"
+    ties: str = "exact"
+    bw_min_bits: int | None = None  # cyclic: errors cycle bw_min_bits..bw_bits; None = fixed
+
+    def _cyclic(self, step: int, lo: int, hi: int) -> int:
+        return cyclic_bits(step, self.total_steps, self.cycles, lo, hi, self.profile, self.shape,
+                           flip=self.flip, rule=self.cycle_length, ties=self.ties)
 
     def bits_at(self, step: int) -> tuple[int, int]:
         """(forward bits, backward bits) for training step ``step`` (0-based)."""
@@ -118,8 +206,8 @@ class PrecisionSchedule:
             return self.bits, self.bw_bits
         if self.kind == "deficit":
             return (self.min_bits if step < self.deficit_steps else self.max_bits), self.bw_bits
-        return cyclic_bits(step, self.total_steps, self.cycles, self.min_bits, self.max_bits,
-                           self.profile, self.shape), self.bw_bits
+        bw = self.bw_bits if self.bw_min_bits is None else self._cyclic(step, self.bw_min_bits, self.bw_bits)
+        return self._cyclic(step, self.min_bits, self.max_bits), bw
 
     @property
     def fw_range(self) -> tuple[int, int]:
@@ -131,9 +219,35 @@ class PrecisionSchedule:
         return self.min_bits, self.max_bits
 
     @property
+    def bw_range(self) -> tuple[int, int]:
+        """Lowest and highest backward bits the schedule can use."""
+        if self.kind == "fp32":
+            return 32, 32
+        if self.kind == "cyclic" and self.bw_min_bits is not None:
+            return self.bw_min_bits, self.bw_bits
+        return self.bw_bits, self.bw_bits
+
+    def bit_ranges(self) -> dict[str, int]:
+        """The bit fields of summary.json and schedule.json: forward and backward ranges;
+        ``bits_bw`` is the top of the backward range (the configured bw_bits)."""
+        (fw_lo, fw_hi), (bw_lo, bw_hi) = self.fw_range, self.bw_range
+        return {"bits_fw_min": fw_lo, "bits_fw_max": fw_hi, "bits_bw": bw_hi,
+                "bits_bw_min": bw_lo, "bits_bw_max": bw_hi}
+
+    @property
     def eval_bits(self) -> tuple[int, int]:
-        """Precision at evaluation: the schedule's highest forward precision."""
-        return self.fw_range[1], self.bits_at(0)[1]
+        """Precision at evaluation: the schedule's highest forward and backward precision."""
+        return self.fw_range[1], self.bw_range[1]
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> PrecisionSchedule:
+        """A saved ``schedule_spec``, also one cprec wrote before the shapes were renamed
+        (decay -> falling, triangular -> rise_fall; their exp/rex cycles fell upside down)."""
+        spec = dict(spec)
+        old = {"decay": "falling", "triangular": "rise_fall"}
+        if spec.get("shape") in old and "flip" not in spec:
+            spec.update(shape=old[spec["shape"]], flip="vertical")
+        return cls(**spec)
 
 
 def build_schedule(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int] | None = None,
@@ -154,7 +268,8 @@ def build_schedule(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int
                               "use schedule=static or schedule=fp32")
         bits, bw = fixed_bits if isinstance(fixed_bits, tuple) else (fixed_bits, fixed_bits)
     return PrecisionSchedule(cfg.kind, total_steps, bits, bw, lo, hi, cfg.cycles, cfg.profile,
-                             cfg.shape, cfg.deficit_steps)
+                             cfg.shape, cfg.deficit_steps, cfg.flip, cfg.cycle_length, cfg.ties,
+                             cfg.bw_min_bits)
 
 
 class PrecisionScheduler:

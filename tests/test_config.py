@@ -28,6 +28,8 @@ def test_groups_are_populated() -> None:
                                        "synthetic"}
     assert {"fp32", "static", "cpt_cosine", "deficit"} <= set(options("schedule"))
     assert len([s for s in options("schedule") if s.startswith("cpt_")]) == 12
+    assert set(options("schedule")) >= {f"{p}_{s}" for p in ("cos", "linear", "exp", "demon")
+                                        for s in ("growth", "decay")}  # Better Schedules' names
 
 
 @pytest.mark.parametrize("name", options("model"))
@@ -105,6 +107,11 @@ def test_contract_keys_exist(compose) -> None:
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("optim.lr=-1", "optim.lr"),
     ("trainer.device=tpu", "trainer.device"),
+    ("schedule.flip=diagonal", "schedule.flip"),
+    ("schedule.cycle_length=ceil", "schedule.cycle_length"),
+    ("schedule.ties=up", "schedule.ties"),
+    ("schedule.bw_min_bits=9", "schedule.bw_min_bits"),
+    ("schedule.bw_min_bits=0", "schedule.bw_min_bits"),
 ])
 def test_validation_names_the_key(compose, override: str, key: str) -> None:
     """An out-of-range value raises a ConfigError that names the offending key."""
@@ -166,17 +173,47 @@ def test_train_yaml_repeats_no_schema_section() -> None:
     assert set(raw) == {"defaults", "output_root", "hydra"}
 
 
+# what a preset may set besides its recipe, model and dataset: the values its paper's runs
+# changed per model (Better Schedules' MobileNetV2: forward 4..8 bits, lr 0.03)
+# (CPT's ResNet-110: a 400-step warm-up at lr 0.01)
+PRESET_EXTRAS = {"cpt_cifar": {"optim": {"warmup_steps", "warmup_lr"}},
+                 "bps_cifar": {"schedule": {"min_bits", "max_bits"}, "optim": {"lr"}}}
+
+
 @pytest.mark.parametrize("name", options("experiment"))
 def test_presets_state_only_model_and_dataset(name: str) -> None:
-    """Every experiment preset is the shared recipe plus a model and a dataset, and the paper's
-    figures for it (ResNet-110 adds CPT's warm-up)."""
+    """Every experiment preset is its paper's shared recipe (bps_* presets: bps_cifar, the
+    others cpt_cifar) plus a model and a dataset, and at most the per-model values its
+    recipe allows; CPT presets carry the paper's figures for them."""
     import yaml
 
     raw = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
-    assert set(raw) == {"defaults", "paper", *(["optim"] if "resnet110" in name else [])}
-    assert set(raw["paper"]) == {"source", "results"} and "3-8/8" in raw["paper"]["results"]
+    recipe = "bps_cifar" if name.startswith("bps_") else "cpt_cifar"
+    if recipe == "cpt_cifar":
+        assert set(raw.pop("paper")) == {"source", "results"}
     entries = [next(iter(e)) if isinstance(e, dict) else e for e in raw["defaults"]]
-    assert entries == ["/recipe/cpt_cifar", "override /model", "override /dataset"]
+    assert entries == [f"/recipe/{recipe}", "override /model", "override /dataset"]
+    extras = {k: set(v) for k, v in raw.items() if k != "defaults"}
+    allowed = PRESET_EXTRAS[recipe]
+    assert all(k in allowed and v <= allowed[k] for k, v in extras.items()), extras
+
+
+@pytest.mark.parametrize("name, model, lo, lr", [("bps_cifar10_resnet74", "resnet74", 3, 0.1),
+                                                 ("bps_cifar100_mobilenetv2", "mobilenetv2", 4, 0.03)])
+def test_better_schedules_presets(compose, name: str, model: str, lo: int, lr: float) -> None:
+    """experiment=bps_* sets up the Better Schedules authors' CIFAR runs (run_train.py): 8
+    cycles, pinned bounds, 64k steps, SGD with wd 1e-4; a swept schedule keeps all of it."""
+    for extra, schedule in (([], "cos_growth"), (["schedule=demon_decay"], "demon_decay")):
+        cfg = compose([f"experiment={name}", *extra])
+        s, o = cfg.schedule, cfg.optim
+        assert (cfg.model.name, s.name, s.cycles, s.bounds) == (model, schedule, 8, "config")
+        assert (s.min_bits, s.max_bits, s.bw_bits, s.bw_min_bits, s.cycle_length) == \
+            (lo, 8, 8, None, "floor_plus_one")
+        assert (cfg.trainer.steps, cfg.trainer.batch_size, cfg.trainer.eval_every) == (64000, 128, 390)
+        assert (o.name, o.lr, o.momentum, o.weight_decay, o.milestones) == ("sgd", lr, 0.9, 1e-4, [0.5, 0.75])
+        # their train.py is CPT's: the same data pipeline, evaluation and weight decay
+        assert (cfg.trainer.eval_bits, cfg.trainer.drop_last, o.decay_all) == ("current", False, True)
+        assert cfg.dataset.pad_before_normalize and cfg.dataset.std == [0.2023, 0.1994, 0.2010]
 
 
 def test_result_neutral_keys_agree_with_the_job_names() -> None:
@@ -203,6 +240,11 @@ def test_resume_allows_neutral_changes_and_refuses_the_rest(compose, tmp_path) -
                                           "logger=tensorboard", "trainer.progress=false"])), tmp_path)
     with pytest.raises(CprecError, match="optim.lr=0.1, not 0.2"):
         check_same_run(saved, asdict(compose(["optim.lr=0.2"])), tmp_path)
+    # a run saved before a key existed computed with its default: resumable unless changed
+    del saved["trainer"]["eval_bits"], saved["schedule"]["cycle_length"]
+    check_same_run(saved, asdict(compose()), tmp_path)
+    with pytest.raises(CprecError, match="trainer.eval_bits='max', not 'current'"):
+        check_same_run(saved, asdict(compose(["trainer.eval_bits=current"])), tmp_path)
 
 
 def test_report_ignores_exactly_the_neutral_keys_and_the_seed() -> None:

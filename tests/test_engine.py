@@ -124,7 +124,7 @@ def test_a_vetoed_update_leaves_weights_and_reaches_the_summary(cfg, tmp_path) -
 
 def test_run_writes_the_contract_and_a_rebuildable_schedule(compose, tmp_path) -> None:
     """summary.json's schedule_spec rebuilds the run's exact schedule (what the report plots)."""
-    cfg = compose([*SMALL, "schedule=cpt_exp_triangular"])
+    cfg = compose([*SMALL, "schedule=cpt_exp_rise_fall"])
     summary = Trainer(build_run(cfg), tmp_path).run()
     saved = json.loads((tmp_path / runs.SUMMARY).read_text())
     assert saved == json.loads(json.dumps(summary))

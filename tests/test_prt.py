@@ -80,7 +80,7 @@ def test_bad_prt_result_is_a_clear_error(tmp_path: Path, content: str, needle: s
 
 def test_schedule_preview_writes_plot(tmp_path: Path) -> None:
     """`cprec schedule` writes schedule.json (64000 steps, bits 3..8, relative cost < 0.07) and a plot."""
-    out = run_cli(["schedule", "schedule=cpt_exp_triangular", "trainer.steps=64000",
+    out = run_cli(["schedule", "schedule=cpt_exp_rise_fall", "trainer.steps=64000",
                    "dataset=cifar10", "model=resnet74"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     preview = next((tmp_path / "outputs" / "schedule").rglob("schedule.json"))

@@ -1,4 +1,6 @@
-"""Precision schedules against the formulas of PAPERS.md section 2 (issue #4 item 7).
+"""Precision schedules against the formulas of PAPERS.md section 2 (issue #4 item 7): cprec's
+CPT-family schedules (cycle_length=floor, ties=exact). The Better Schedules reference names
+are checked against a transcription of the authors' code in test_better_schedules.py.
 
 Period T = floor(N / C), z = (t mod T) / T, D = b_max - b_min, results rounded with rint:
 
@@ -7,7 +9,8 @@ Period T = floor(N / C), z = (t mod T) / T, D = b_max - b_min, results rounded w
     exp     growth b_max - D e^(-4z)               decay b_min + D e^(-4z)
     rex     growth b_max - D y / (0.1 + 0.9 y)     decay b_min + D y / (0.1 + 0.9 y), y = 1 - z
 
-"triangular" alternates growth (cycle 0, 2, ...) and decay (cycle 1, 3, ...).
+"falling" repeats the decay column (flip=vertical: the rising curve upside down), "rise_fall"
+alternates growth (cycle 0, 2, ...) and decay (cycle 1, 3, ...).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from cprec.schedules import (
 )
 
 PROFILES = ["cosine", "linear", "exp", "rex"]
-SHAPES = ["growth", "decay", "triangular"]
+SHAPES = ["growth", "falling", "rise_fall"]
 
 
 def paper_bits(t: int, n: int, c: int, lo: int, hi: int, profile: str, shape: str) -> int:
@@ -37,7 +40,7 @@ def paper_bits(t: int, n: int, c: int, lo: int, hi: int, profile: str, shape: st
     period = n // c
     z = (t % period) / period
     d = hi - lo
-    rising = shape == "growth" or (shape == "triangular" and (t // period) % 2 == 0)
+    rising = shape == "growth" or (shape == "rise_fall" and (t // period) % 2 == 0)
     y = 1 - z
     table = {
         "cosine": (lo + d / 2 * (1 - math.cos(math.pi * z)), hi - d / 2 * (1 - math.cos(math.pi * z))),
@@ -68,10 +71,10 @@ def test_cyclic_bits_match_the_paper(profile: str, shape: str, n: int, c: int, l
                                      hi: int) -> None:
     """bits_at(t) equals rint(formula) at cycle boundaries, mid-cycle, and everywhere else."""
     sched = PrecisionSchedule("cyclic", n, bw_bits=6, min_bits=lo, max_bits=hi, cycles=c,
-                              profile=profile, shape=shape)
+                              profile=profile, shape=shape, flip="vertical")
     for t in checkpoints(n, c):
-        assert cyclic_bits(t, n, c, lo, hi, profile, shape) == paper_bits(t, n, c, lo, hi, profile,
-                                                                          shape), t
+        assert cyclic_bits(t, n, c, lo, hi, profile, shape, flip="vertical") == \
+            paper_bits(t, n, c, lo, hi, profile, shape), t
     for t in range(n):
         fw, bw = sched.bits_at(t)
         assert fw == paper_bits(t, n, c, lo, hi, profile, shape), t
@@ -80,16 +83,17 @@ def test_cyclic_bits_match_the_paper(profile: str, shape: str, n: int, c: int, l
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_cycle_start_and_end_values(profile: str) -> None:
-    """Growth starts each cycle at b_min, decay at b_max; both are back there at t = T."""
+    """Growth starts each cycle at b_min, falling at b_max; both are back there at t = T."""
     n, c, lo, hi = 80, 4, 3, 8
     period = n // c
     for t in (0, period, 2 * period):
         assert cyclic_bits(t, n, c, lo, hi, profile, "growth") == lo
-        assert cyclic_bits(t, n, c, lo, hi, profile, "decay") == hi
-    # growth never falls and decay never rises within a cycle
+        assert cyclic_bits(t, n, c, lo, hi, profile, "falling") == hi
+    # growth never falls and falling never rises within a cycle, whichever way it is flipped
     up = [cyclic_bits(t, n, c, lo, hi, profile, "growth") for t in range(period)]
-    down = [cyclic_bits(t, n, c, lo, hi, profile, "decay") for t in range(period)]
-    assert up == sorted(up) and down == sorted(down, reverse=True)
+    for flip in ("horizontal", "vertical"):
+        down = [cyclic_bits(t, n, c, lo, hi, profile, "falling", flip=flip) for t in range(period)]
+        assert up == sorted(up) and down == sorted(down, reverse=True)
 
 
 def test_cpt_cosine_hand_values() -> None:
@@ -102,8 +106,8 @@ def test_cpt_cosine_hand_values() -> None:
 
 @pytest.mark.parametrize("t,n,c,lo,hi,profile,shape,exact,expected", [
     (2, 4, 1, 3, 8, "linear", "growth", "3 + 5 * 2/4 = 5.5", 6),
-    (25, 90, 3, 1, 16, "linear", "decay", "16 - 15 * 25/30 = 3.5", 4),
-    (27, 30, 1, 1, 16, "linear", "decay", "16 - 15 * 27/30 = 2.5", 2),
+    (25, 90, 3, 1, 16, "linear", "falling", "16 - 15 * 25/30 = 3.5", 4),
+    (27, 30, 1, 1, 16, "linear", "falling", "16 - 15 * 27/30 = 2.5", 2),
     (20, 90, 3, 1, 16, "rex", "growth", "16 - 15 * (1/3) / (0.1 + 0.3) = 3.5", 4),
     (10, 90, 3, 2, 8, "cosine", "growth", "2 + 3 (1 - cos(pi/3)) = 3.5", 4),
     (20, 90, 3, 2, 8, "cosine", "growth", "2 + 3 (1 - cos(2 pi/3)) = 6.5", 6),
@@ -116,16 +120,16 @@ def test_exact_ties_round_half_to_even(t: int, n: int, c: int, lo: int, hi: int,
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_triangular_alternates_starting_with_growth(profile: str) -> None:
-    """Cycle k of triangular equals growth for even k and decay for odd k, pointwise."""
+def test_rise_fall_alternates_starting_with_growth(profile: str) -> None:
+    """Cycle k of rise_fall equals growth for even k and falling for odd k, pointwise."""
     n, c, lo, hi = 120, 6, 2, 8
     period = n // c
     for t in range(n):
-        shape = "growth" if (t // period) % 2 == 0 else "decay"
-        assert cyclic_bits(t, n, c, lo, hi, profile, "triangular") == \
+        shape = "growth" if (t // period) % 2 == 0 else "falling"
+        assert cyclic_bits(t, n, c, lo, hi, profile, "rise_fall") == \
             cyclic_bits(t, n, c, lo, hi, profile, shape), t
-    assert cyclic_bits(0, n, c, lo, hi, profile, "triangular") == lo
-    assert cyclic_bits(period, n, c, lo, hi, profile, "triangular") == hi
+    assert cyclic_bits(0, n, c, lo, hi, profile, "rise_fall") == lo
+    assert cyclic_bits(period, n, c, lo, hi, profile, "rise_fall") == hi
 
 
 def test_cycles_above_steps_is_a_config_error() -> None:
@@ -227,7 +231,7 @@ def test_static_and_fp32_schedules() -> None:
 
 def test_scheduler_resumes_where_it_stopped() -> None:
     """The stateful walker's state_dict restores the step: same bits as an unbroken walk."""
-    sched = PrecisionSchedule("cyclic", 60, min_bits=2, max_bits=8, cycles=3, shape="triangular")
+    sched = PrecisionSchedule("cyclic", 60, min_bits=2, max_bits=8, cycles=3, shape="rise_fall")
     a = PrecisionScheduler(sched)
     walk = []
     for _ in range(60):

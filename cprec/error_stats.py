@@ -50,8 +50,10 @@ class ErrorCounts:
         self.run = {n: [0, 0, 0] for n in names}
 
     def add(self, name: str, error: torch.Tensor, rounded: torch.Tensor, over: torch.Tensor) -> None:
-        nonzero = error != 0
-        counts = torch.stack([nonzero.sum(), (nonzero & (rounded == 0)).sum(), over.sum()])
+        # zeros stay zero (stochastic rounding of 0 is 0), so the nonzero errors that round to
+        # zero are the difference of the two nonzero counts
+        nonzero = torch.count_nonzero(error)
+        counts = torch.stack([nonzero, nonzero - torch.count_nonzero(rounded), torch.count_nonzero(over)])
         seen = self.window.get(name)
         self.window[name] = counts if seen is None else seen + counts
 

@@ -146,6 +146,38 @@ class PrtConfig:
 
 
 @dataclass
+class LossScaleConfig:
+    """Loss scaling at the error-rounding points (cprec/loss_scale.py; README "Loss scaling")."""
+
+    name: str = "none"  # none | static | dynamic | adaptive
+    scale: float = 1.0  # static: the scale; adaptive: the loss's own scale (where it starts)
+    # dynamic (torch.amp.GradScaler's rule): initial scale, x growth_factor after
+    # growth_interval clean steps, x backoff_factor (and the step skipped) on overflow
+    init_scale: float = 65536.0
+    growth_factor: float = 2.0
+    backoff_factor: float = 0.5
+    growth_interval: int = 2000
+    # adaptive (Zhao et al.; PAPERS.md 4): target underflow rate, bounds, recompute period
+    target_underflow: float = 1e-3
+    # bounds on the scale accumulated down the network and on one layer's factor alpha; null =
+    # none beyond alpha >= 1 and the format's largest value (ada-loss's fp16 heuristics: 1024, 16)
+    accum_bound: float | None = None
+    layer_bound: float | None = None
+    update_every: int = 1  # steps between recomputations of the layer scales
+    # count underflow/overflow of the errors per layer; null = on whenever loss scaling is on
+    telemetry: bool | None = None
+
+
+@dataclass
+class AmpConfig:
+    """Real mixed precision (cprec/amp.py): torch.autocast, and GradScaler for fp16."""
+
+    name: str = "off"  # off | bf16 | fp16
+    init_scale: float = 65536.0  # fp16's GradScaler
+    growth_interval: int = 2000
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0
     resume: str | None = None  # a run directory to continue (its saved overrides are reused)
@@ -161,6 +193,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     prt: PrtConfig = field(default_factory=PrtConfig)
+    loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
+    amp: AmpConfig = field(default_factory=AmpConfig)
 
 
 def register_schemas() -> None:
@@ -256,7 +290,9 @@ def validate(cfg: TrainConfig) -> None:
     optimizer and lr schedule in optim.py, metric sinks in loggers.py (imported lazily,
     they are cheap); model and dataset names by their registries when built.
     """
+    from cprec.amp import check_amp
     from cprec.loggers import SINKS
+    from cprec.loss_scale import check_loss_scale
     from cprec.optim import check_optim
     from cprec.schedules import check_schedule
 
@@ -266,6 +302,8 @@ def validate(cfg: TrainConfig) -> None:
     check_schedule(cfg.schedule)
     check_quant(cfg.quant)
     check_prt(cfg.prt)
+    check_loss_scale(cfg)
+    check_amp(cfg)
     require_choice("logger", cfg.logger, SINKS)
 
 

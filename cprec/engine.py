@@ -103,7 +103,8 @@ class Trainer(Checkpointing):
         p, metric, loop = self.parts, self.task.metric, self.loop
         fw, bw = p.precision.bits_at(loop.step - 1)
         p.precision.apply_eval(loop.step)
-        test = self.task.evaluate(self.model, self.cfg.trainer.eval_batch_size)
+        with self.train_step.context():
+            test = self.task.evaluate(self.model, self.cfg.trainer.eval_batch_size)
         value = test[f"test_{metric}"]
         better = max if self.task.higher_is_better else min
         loop.best = value if loop.best is None else better(loop.best, value)
@@ -199,6 +200,15 @@ def run_summary(trainer: Trainer, status: str, last: dict | None) -> dict:
     }
 
 
+def step_plugins(parts: RunParts) -> list[StepPlugin]:
+    """The plugins the config asks for: real mixed precision (amp.py), loss scaling
+    (loss_scale.py)."""
+    from cprec.amp import build_amp
+    from cprec.loss_scale import build_loss_scaling
+
+    return [p for p in (build_amp(parts), build_loss_scaling(parts)) if p is not None]
+
+
 def run_train(cfg: TrainConfig, out_dir: Path) -> dict:
     """Train per ``cfg`` into ``out_dir`` (resuming from its checkpoint); return the summary."""
     out_dir = Path(out_dir)
@@ -207,4 +217,5 @@ def run_train(cfg: TrainConfig, out_dir: Path) -> dict:
         if done is not None:
             log.info("%s is already completed; not training again", out_dir)
             return done
-        return Trainer(build_run(cfg), out_dir).run()
+        parts = build_run(cfg)
+        return Trainer(parts, out_dir, step_plugins(parts)).run()

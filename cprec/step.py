@@ -10,6 +10,7 @@ object; the step has no branch for any of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
 import torch
@@ -27,6 +28,10 @@ class StepPlugin:
     """
 
     name: str = "plugin"
+
+    def forward_context(self) -> AbstractContextManager:
+        """Entered around the forward pass and the evaluation (real mixed precision: autocast)."""
+        return nullcontext()
 
     def loss(self, loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
         """The loss to back-propagate (the task's loss, or a changed one)."""
@@ -60,8 +65,16 @@ class TrainStep:
         self.task, self.model, self.optimizer = task, model, optimizer
         self.plugins = list(plugins)
 
+    def context(self) -> ExitStack:
+        """Every plugin's ``forward_context``, entered together."""
+        stack = ExitStack()
+        for plugin in self.plugins:
+            stack.enter_context(plugin.forward_context())
+        return stack
+
     def __call__(self, batch: Any) -> tuple[torch.Tensor, Any]:
-        loss, out = self.task.forward(self.model, batch)
+        with self.context():
+            loss, out = self.task.forward(self.model, batch)
         total = loss
         for plugin in self.plugins:
             total = plugin.loss(total, self.model)

@@ -122,7 +122,8 @@ def test_validation_names_the_key(compose, override: str, key: str) -> None:
 
 # -- defaults stated once -----------------------------------------------------------------
 SCHEMAS = {"model": "ModelConfig", "dataset": "DatasetConfig", "schedule": "ScheduleConfig",
-           "quant": "QuantConfig", "optim": "OptimConfig", "prt": "PrtConfig"}
+           "quant": "QuantConfig", "optim": "OptimConfig", "prt": "PrtConfig",
+           "loss_scale": "LossScaleConfig", "amp": "AmpConfig"}
 IDENTITY_KEYS = {"name", "kind", "format", "exp_bits", "man_bits"}  # what defines an option
 
 

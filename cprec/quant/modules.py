@@ -7,6 +7,8 @@ set from outside (``set_precision``), never passed through ``forward``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +48,9 @@ class QuantMixin:
     def _init_quant(self, quantizer: Quantizer, rng: QuantRNG) -> None:
         self.quantizer, self.rng = quantizer, rng
         self.fw_bits, self.bw_bits = FULL, FULL
+        # loss scaling (cprec/loss_scale.py): called as tap(round_error, error, bits, key)
+        # in place of round_error(error, bits, key) when set
+        self.error_tap = None
         device = self.weight.device  # a model converted after .to(device) keeps working
         self.register_buffer("act_lo", torch.zeros((), device=device))
         self.register_buffer("act_hi", torch.zeros((), device=device))
@@ -76,7 +81,10 @@ class QuantMixin:
 
     def _error_rounding(self) -> tuple[int, RoundError] | None:
         """``(bits, round_error)`` for this step's errors, or None when they stay as they are."""
-        return self.quantizer.error_rounding(self.bw_bits)
+        rounding = self.quantizer.error_rounding(self.bw_bits)
+        if rounding is None or self.error_tap is None:
+            return rounding
+        return rounding[0], partial(self.error_tap, rounding[1])
 
     def _quantized_output(self, out: torch.Tensor) -> torch.Tensor:
         rounding = self._error_rounding()

@@ -19,6 +19,7 @@ Run from the repository root with OMP_NUM_THREADS=1 (``--threads`` sets torch's 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -33,11 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 # longer smoothing window, priced against the 2% budget
 DEFAULT_SETTINGS = [
     "steps_per_bits=20,batch_size=32,smoothing=5",
+    "steps_per_bits=10,batch_size=32,smoothing=5",
     "steps_per_bits=20,batch_size=32,smoothing=10",
     "steps_per_bits=20,batch_size=32,smoothing=20",
-    "steps_per_bits=30,batch_size=32,smoothing=15",
-    "steps_per_bits=20,batch_size=64,smoothing=10",
-    "steps_per_bits=40,batch_size=32,smoothing=20",
+    "steps_per_bits=30,batch_size=32,smoothing=10",
+    "steps_per_bits=20,batch_size=48,smoothing=10",
+    "steps_per_bits=16,batch_size=64,smoothing=8",
+    "steps_per_bits=40,batch_size=32,smoothing=10",
+    "steps_per_bits=20,batch_size=32,smoothing=5,threshold=0.15",
+    "steps_per_bits=20,batch_size=32,smoothing=5,threshold=0.3",
+    "steps_per_bits=20,batch_size=32,smoothing=5,upper_bits=auto",
+    "steps_per_bits=20,batch_size=32,smoothing=10,upper_bits=auto",
+    "steps_per_bits=30,batch_size=32,smoothing=10,upper_bits=auto",
+    "steps_per_bits=20,batch_size=48,smoothing=10,upper_bits=auto",
 ]
 
 
@@ -82,15 +91,19 @@ def served_run(model: str, dataset: str, threads: int, time_steps: int) -> dict:
             "train_time_s": step_s * total}
 
 
+def _cfg(model: str, dataset: str, seed: int, setting: str, threads: int, root: Path):
+    prt = [f"prt.{kv}" for kv in setting.split(",") if kv]
+    return compose([f"model={model}", f"dataset={dataset}", f"seed={seed}", *prt,
+                    f"trainer.threads={threads}", "trainer.progress=false",
+                    f"output_root={root}"], "prt")
+
+
 def one_prt(model: str, dataset: str, seed: int, setting: str, threads: int, root: Path) -> dict:
     """One PRT: lower/upper bits (None when none is found), GBitOPs, steps, wall seconds."""
     from cprec.errors import CprecError
     from cprec.range_test import run_prt
 
-    prt = [f"prt.{kv}" for kv in setting.split(",") if kv]
-    cfg = compose([f"model={model}", f"dataset={dataset}", f"seed={seed}", *prt,
-                   f"trainer.threads={threads}", "trainer.progress=false",
-                   f"output_root={root}"], "prt")
+    cfg = _cfg(model, dataset, seed, setting, threads, root)
     out = root / f"{dataset}-{seed}-{setting}"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -98,23 +111,65 @@ def one_prt(model: str, dataset: str, seed: int, setting: str, threads: int, roo
         r = run_prt(cfg, out)
     except CprecError:
         return {"seed": seed, "lower_bits": None, "wall_s": time.perf_counter() - t0}
+    curve = r["curve"]
+    at_lower = next(i for i, c in enumerate(curve) if c["bits"] == r["lower_bits"])
     return {"seed": seed, "lower_bits": r["lower_bits"], "upper_bits": r["upper_bits"],
             "gbitops": r["gbitops"], "steps": r["steps"], "wall_s": time.perf_counter() - t0,
-            "curve": r["curve"]}
+            "gain_at_lower": curve[at_lower]["train_acc"] - curve[at_lower - 1]["train_acc"],
+            "curve": curve}
+
+
+def level_setting(setting: str) -> str:
+    """The part of a setting that shapes one level (the control ignores the bound rules)."""
+    return ",".join(kv for kv in setting.split(",") if not kv.startswith(("upper_bits=", "threshold=")))
+
+
+@functools.cache
+def control_gain(model: str, dataset: str, seed: int, setting: str, threads: int, root: Path) -> float:
+    """The control: the accuracy gain of a second level at ``prt.start_bits`` (bits not raised).
+
+    The PRT's gain at a level is that of one more level of training plus that of one more
+    bit; this is the first part alone, on the same seed and settings.
+    """
+    from cprec.build import build_model_parts
+    from cprec.range_test import _train_level
+    from cprec.step import TrainStep
+
+    cfg = _cfg(model, dataset, seed, setting, threads, root)
+    p = cfg.prt
+    parts = build_model_parts(cfg, p.batch_size)
+    step = TrainStep(parts.task, parts.model, parts.optimizer)
+    a, b = (_train_level(parts, step, p.start_bits, cfg.schedule.bw_bits, p.steps_per_bits,
+                         p.smoothing)["train_acc"] for _ in range(2))
+    return b - a
 
 
 def row(dataset: str, setting: str, runs: list[dict], served: dict) -> str:
     """One markdown row of the calibration table."""
-    bounds = [r["lower_bits"] for r in runs]
-    agree = Counter(bounds).most_common(1)[0][1]
-    g = [r["gbitops"] for r in runs if r["lower_bits"] is not None] or [float("nan")]
-    wall = [r["wall_s"] for r in runs]
+    def agree(key: str) -> str:
+        values = [r.get(key) for r in runs]
+        return f"{Counter(values).most_common(1)[0][1]}/{len(runs)}"
+
+    ok = [r for r in runs if r["lower_bits"] is not None]
+    g = [r["gbitops"] for r in ok] or [float("nan")]
     share = [100 * x / served["gbitops"] for x in g]
-    per_seed = " ".join("-" if b is None else str(b) for b in bounds)
-    return (f"| {dataset} | {setting.replace(',', ' ')} | {per_seed} | {agree}/{len(runs)} | "
+    wall = statistics.mean(r["wall_s"] for r in runs)
+    auto = "upper_bits=auto" in setting
+    per_seed = " ".join("-" if r["lower_bits"] is None else
+                        f"{r['lower_bits']}..{r['upper_bits']}" if auto else str(r["lower_bits"])
+                        for r in runs)
+    gain = min((r["gain_at_lower"] for r in ok), default=float("nan"))
+    control = [r["control_gain"] for r in runs if "control_gain" in r]
+    control_s = f"{min(control):+.3f}..{max(control):+.3f}" if control else "not run"
+    return (f"| {dataset} | {setting.replace(',', ' ')} | {per_seed} | {agree('lower_bits')}"
+            f"{' / ' + agree('upper_bits') if auto else ''} | {gain:+.3f} | {control_s} | "
             f"{statistics.mean(g):.4g} (max {max(g):.4g}) | {statistics.mean(share):.2f} "
-            f"(max {max(share):.2f}) | {statistics.mean(wall):.1f} | "
-            f"{100 * statistics.mean(wall) / served['train_time_s']:.2f} |")
+            f"(max {max(share):.2f}) | {wall:.1f} | {100 * wall / served['train_time_s']:.1f} |")
+
+
+HEADER = ("| dataset | setting | bounds per seed | agree | min gain at lower | gain holding start_bits |"
+          " PRT GBitOPs | % of run | PRT wall s | % of run's step time |\n"
+          "|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 
 
 def main() -> None:
@@ -126,6 +181,8 @@ def main() -> None:
                     help="each a comma-separated list of prt.* overrides (without 'prt.')")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--time-steps", type=int, default=10, help="timed steps of the served run")
+    ap.add_argument("--control", action="store_true",
+                    help="also train two levels at prt.start_bits per seed: the gain without more bits")
     ap.add_argument("--json", type=Path, help="also write every PRT's result here")
     args = ap.parse_args()
     records = []
@@ -135,11 +192,13 @@ def main() -> None:
             print(f"\nserved run: {args.model} on {dataset}, cpt_cosine 3..8/8, {served['steps']} "
                   f"steps, {served['gbitops']:.6g} GBitOPs, ~{served['train_time_s']:.0f} s of "
                   f"training steps ({served['step_s'] * 1000:.0f} ms/step)\n", flush=True)
-            print("| dataset | setting | lower bits per seed | agree | PRT GBitOPs | % of run | "
-                  "PRT wall s | % of run's step time |\n|---|---|---|---|---:|---:|---:|---:|")
+            print(HEADER)
             for setting in args.settings:
                 runs = [one_prt(args.model, dataset, s, setting, args.threads, Path(tmp))
                         for s in args.seeds]
+                for r in runs if args.control else ():
+                    r["control_gain"] = control_gain(args.model, dataset, r["seed"], level_setting(setting),
+                                                     args.threads, Path(tmp))
                 print(row(dataset, setting, runs, served), flush=True)
                 records.append({"dataset": dataset, "setting": setting, "served": served, "runs": runs})
     if args.json:

@@ -90,28 +90,42 @@ def quantize_activation(x: torch.Tensor, bits: int, lo: torch.Tensor | None = No
     return StraightThrough.apply(x, q)
 
 
-class _LastBatchInput:
-    """The last activation quantized on its batch range, for the next layer reading the same
-    tensor: its quantization is the same, so it is computed (and kept for backward) once.
-    A weak reference and the version counter make sure it is the very same x, unmodified
-    (except through ``.data``, which autograd does not see either); inference-mode tensors
-    have no version counter and are never shared. Holds the last result until replaced."""
+class _RecentBatchInputs:
+    """The last few activations quantized on their batch range, for a later layer reading the
+    same tensor: its quantization is the same, so it is computed (and kept for backward) once.
 
-    entry: tuple = (lambda: None, -1, 0, None)
+    A few entries, not one: a ResNet block's 1x1 shortcut reads the block input after conv2
+    (and a MobileNetV2 block's after conv2 and conv3) has quantized its own input; computing
+    the shortcut first instead would reorder the backward pass and so the stochastic-rounding
+    keys each layer draws. A weak reference and the version counter make sure it is the very
+    same x, unmodified (except through ``.data``, which autograd does not see either);
+    inference-mode tensors have no version counter and are never shared. Holds the last
+    ``size`` results until replaced (tensors a training step keeps for backward anyway)."""
+
+    size = 4
+    entries: list[tuple] = []  # newest first: (weak x, x's version, key, result)
 
     @classmethod
-    def get(cls, x: torch.Tensor, bits: int):
+    def get(cls, x: torch.Tensor, key: tuple):
         if x.is_inference():
             return None
-        ref, version, entry_bits, result = cls.entry
-        if ref() is x and version == x._version and entry_bits == bits:
-            return result
+        for ref, version, entry_key, result in cls.entries:
+            if ref() is x and version == x._version and entry_key == key:
+                return result
         return None
 
     @classmethod
-    def put(cls, x: torch.Tensor, bits: int, result: tuple) -> None:
+    def put(cls, x: torch.Tensor, key: tuple, result: tuple) -> None:
         if not x.is_inference():
-            cls.entry = (weakref.ref(x), x._version, bits, result)
+            cls.entries = [(weakref.ref(x), x._version, key, result), *cls.entries][:cls.size]
+
+
+def share_batch_inputs(entries: int) -> int:
+    """Keep the last ``entries`` batch-range input quantizations for sharing (0: share none,
+    e.g. to measure what sharing saves; the results are bitwise the same); returns the old
+    number."""
+    old, _RecentBatchInputs.size, _RecentBatchInputs.entries = _RecentBatchInputs.size, entries, []
+    return old
 
 
 def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,
@@ -130,14 +144,14 @@ def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,
         return (x, w, lo, hi) if ste else (x.detach(), w.detach(), lo, hi)
     levels = levels_tensor(bits, x.device)
     if lo is None:
-        shared = _LastBatchInput.get(x, bits)
+        shared = _RecentBatchInputs.get(x, (bits,))
         if shared is not None:  # e.g. a ResNet block's conv1 and 1x1 shortcut: one pass
             xq, lo, hi = shared
             wq = kernel(quant_per_channel)(w.detach(), levels)[0]
         else:
             xq, lo, hi, _, _, wq, _, _ = kernel(quant_inputs_batch_range)(x.detach(),
                                                                            w.detach(), levels)
-            _LastBatchInput.put(x, bits, (xq, lo, hi))
+            _RecentBatchInputs.put(x, (bits,), (xq, lo, hi))
     else:
         xq, _, _, wq, _, _ = kernel(quant_inputs_given_range)(x.detach(), w.detach(), lo, hi,
                                                                levels)

@@ -74,6 +74,9 @@ class QuantConfig:
     last_bits: Any = None
     quantize_errors: bool = True  # quantize the gradient w.r.t. each layer's output
     act_momentum: float = 0.9  # EMA of activation ranges used at eval
+    # fixed point: weight/activation grids widened to hold 0 exactly, integer zero point
+    # (true); false = CPT's grid, min + k * (max - min) / (2^b - 1) (errors: always CPT's)
+    zero_exact: bool = True
     # float formats (format=float)
     exp_bits: int = 5
     man_bits: int = 10

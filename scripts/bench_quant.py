@@ -13,7 +13,7 @@ printed: native, torch_compile, or reference with ``--reference-kernels``.
 
     python scripts/bench_quant.py [--rounds 15] [--steps-per-round 5] [--batch 128]
                                   [--reference-kernels] [--default-malloc] [--device auto|cpu|cuda]
-                                  [--baseline same|plain|unshared]
+                                  [--baseline same|plain|unshared] [--cpt-grid]
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--baseline", default="same", choices=["same", "plain", "unshared"],
                     help="fp32 = the same model at 32/32, or a separate unquantized model; "
                          "unshared: the quantized step without shared input quantization")
+    ap.add_argument("--cpt-grid", action="store_true",
+                    help="quant.zero_exact=false: CPT's min..max grid for weights and activations")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
 
@@ -95,12 +97,13 @@ def main() -> None:
     base = "unshared" if args.baseline == "unshared" else "fp32"
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"kernels {backend_for(device)}, malloc {malloc}, batch {args.batch}, "
-          f"ResNet-20 {args.bits}/{args.bits} vs {base} ({args.baseline})")
+          f"ResNet-20 {args.bits}/{args.bits} vs {base} ({args.baseline}), "
+          f"{'CPT' if args.cpt_grid else 'zero-exact'} grid")
 
     torch.manual_seed(0)
     info = DatasetInfo("bench", 3, 32, 10)
-    model, _ = build_quantized(build_model(ModelConfig(name="resnet20"), info), QuantConfig(),
-                               seed=0)
+    model, _ = build_quantized(build_model(ModelConfig(name="resnet20"), info),
+                               QuantConfig(zero_exact=not args.cpt_grid), seed=0)
     model.to(device).train()
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)

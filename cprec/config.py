@@ -6,7 +6,7 @@ Library code receives these objects, never a Hydra handle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -256,8 +256,12 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def check_same_run(saved: dict, current: dict, run_dir: Any) -> None:
-    """Refuse to continue a checkpoint under a config that computes something else."""
-    a, b = _flatten(saved), _flatten(current)
+    """Refuse to continue a checkpoint under a config that computes something else.
+
+    A key the saved config lacks (added to cprec after the checkpoint was written) counts
+    as its default: a new option's default keeps what cprec computed before it existed."""
+    a = {**_flatten(asdict(TrainConfig())), **_flatten(saved)}
+    b = _flatten(current)
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESULT_NEUTRAL_KEYS]
     if diff:
         k = diff[0]

@@ -192,6 +192,21 @@ def test_resume_allows_neutral_changes_and_refuses_the_rest(compose, tmp_path) -
         check_same_run(saved, asdict(compose(["optim.lr=0.2"])), tmp_path)
 
 
+def test_resume_takes_a_key_added_since_the_checkpoint_as_its_default(compose, tmp_path) -> None:
+    """A checkpoint written before an option existed (here quant.zero_exact) resumes under
+    the option's default, which computes what cprec computed before it; not under another."""
+    from dataclasses import asdict
+
+    from cprec.config import check_same_run
+    from cprec.errors import CprecError
+
+    saved = asdict(compose())
+    del saved["quant"]["zero_exact"]
+    check_same_run(saved, asdict(compose()), tmp_path)
+    with pytest.raises(CprecError, match="quant.zero_exact=True, not False"):
+        check_same_run(saved, asdict(compose(["quant.zero_exact=false"])), tmp_path)
+
+
 def test_report_ignores_exactly_the_neutral_keys_and_the_seed() -> None:
     """`cprec report` groups by every override except the seed and RESULT_NEUTRAL_KEYS."""
     from cprec.config import RESULT_NEUTRAL_KEYS

@@ -6,7 +6,7 @@ Library code receives these objects, never a Hydra handle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -87,6 +87,9 @@ class QuantConfig:
     last_bits: Any = None
     quantize_errors: bool = True  # quantize the gradient w.r.t. each layer's output
     act_momentum: float = 0.9  # EMA of activation ranges used at eval
+    # fixed point: weight/activation grids widened to hold 0 exactly, integer zero point
+    # (true); false = CPT's grid, min + k * (max - min) / (2^b - 1) (errors: always CPT's)
+    zero_exact: bool = True
     # float formats (format=float)
     exp_bits: int = 5
     man_bits: int = 10
@@ -325,12 +328,10 @@ def is_result_neutral(key: str) -> bool:
 def check_same_run(saved: dict, current: dict, run_dir: Any) -> None:
     """Refuse to continue a checkpoint under a config that computes something else.
 
-    A key the saved config lacks (a run saved before the key existed) counts as its
-    default, which is what that run computed with.
-    """
-    defaults = _flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
+    A key the saved config lacks (added to cprec after the checkpoint was written) counts
+    as its default: a new option's default keeps what cprec computed before it existed."""
+    a = {**_flatten(asdict(TrainConfig())), **_flatten(saved)}
     b = _flatten(current)
-    a = {**{k: v for k, v in defaults.items() if k in b}, **_flatten(saved)}
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not is_result_neutral(k)]
     if diff:
         k = diff[0]

@@ -2,7 +2,9 @@
 
 The same converted model runs alternately at 8/8 (weights, activations and errors
 fake-quantized) and at 32/32 (every Q layer a no-op, i.e. the plain fp32 step), or against a
-separate unquantized model (``--baseline plain``). After warm-up (which includes building
+separate unquantized model (``--baseline plain``), or against the same 8/8 step with layers
+reading one tensor (a ResNet block's conv1 and 1x1 shortcut) each quantizing it anew
+(``--baseline unshared``: what sharing that quantization saves). After warm-up (which includes building
 or compiling the fast quantization kernels), each round times ``--steps-per-round`` SGD
 steps of each mode, the order alternating from round to round so drifting machine load hits
 both alike; the result is the median over rounds of the per-round ratio quantized / fp32
@@ -11,7 +13,7 @@ printed: native, torch_compile, or reference with ``--reference-kernels``.
 
     python scripts/bench_quant.py [--rounds 15] [--steps-per-round 5] [--batch 128]
                                   [--reference-kernels] [--default-malloc] [--device auto|cpu|cuda]
-                                  [--baseline same|plain]
+                                  [--baseline same|plain|unshared] [--cpt-grid]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from cprec.data import DatasetInfo
 from cprec.memory import keep_freed_memory
 from cprec.models import build_model
 from cprec.quant import backend_for, build_quantized, set_backend, set_precision
+from cprec.quant.fixed import share_batch_inputs
 
 
 def pick(device: str) -> torch.device:
@@ -77,8 +80,11 @@ def main() -> None:
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's allocator as it is (cprec train tunes it: cprec.memory)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--baseline", default="same", choices=["same", "plain"],
-                    help="fp32 = the same model at 32/32, or a separate unquantized model")
+    ap.add_argument("--baseline", default="same", choices=["same", "plain", "unshared"],
+                    help="fp32 = the same model at 32/32, or a separate unquantized model; "
+                         "unshared: the quantized step without shared input quantization")
+    ap.add_argument("--cpt-grid", action="store_true",
+                    help="quant.zero_exact=false: CPT's min..max grid for weights and activations")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
 
@@ -88,21 +94,30 @@ def main() -> None:
     malloc = "default" if args.default_malloc or not keep_freed_memory() else "tuned"
     device = pick(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    base = "unshared" if args.baseline == "unshared" else "fp32"
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"kernels {backend_for(device)}, malloc {malloc}, batch {args.batch}, "
-          f"ResNet-20 {args.bits}/{args.bits} vs fp32 ({args.baseline} model)")
+          f"ResNet-20 {args.bits}/{args.bits} vs {base} ({args.baseline}), "
+          f"{'CPT' if args.cpt_grid else 'zero-exact'} grid")
 
     torch.manual_seed(0)
     info = DatasetInfo("bench", 3, 32, 10)
-    model, _ = build_quantized(build_model(ModelConfig(name="resnet20"), info), QuantConfig(),
-                               seed=0)
+    model, _ = build_quantized(build_model(ModelConfig(name="resnet20"), info),
+                               QuantConfig(zero_exact=not args.cpt_grid), seed=0)
     model.to(device).train()
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
-    quant_step = make_step(model, x, y, lambda: set_precision(model, args.bits, args.bits))
+    shared = share_batch_inputs(0)  # the default number of entries (each step sets its own)
+
+    def quantized(entries: int) -> Callable[[], None]:
+        return lambda: (share_batch_inputs(entries), set_precision(model, args.bits, args.bits))
+
+    quant_step = make_step(model, x, y, quantized(shared))
     if args.baseline == "plain":
         plain = build_model(ModelConfig(name="resnet20"), info).to(device).train()
         fp32_step = make_step(plain, x, y, lambda: None)
+    elif args.baseline == "unshared":
+        fp32_step = make_step(model, x, y, quantized(0))
     else:
         fp32_step = make_step(model, x, y, lambda: set_precision(model, 32, 32))
 
@@ -124,10 +139,11 @@ def main() -> None:
         f_times.append(tf)
         ratios.append(tq / tf)
         print(f"round {r + 1}: {args.bits}/{args.bits} {tq * 1e3:7.1f} ms/step   "
-              f"fp32 {tf * 1e3:7.1f} ms/step   ratio {tq / tf:.3f}")
+              f"{base} {tf * 1e3:7.1f} ms/step   ratio {tq / tf:.3f}")
+    target = " (target <= 1.10)" if base == "fp32" else ""
     print(f"median: {args.bits}/{args.bits} {statistics.median(q_times) * 1e3:.1f} ms/step, "
-          f"fp32 {statistics.median(f_times) * 1e3:.1f} ms/step, "
-          f"ratio quantized/fp32 {statistics.median(ratios):.3f} (target <= 1.10)")
+          f"{base} {statistics.median(f_times) * 1e3:.1f} ms/step, "
+          f"ratio quantized/{base} {statistics.median(ratios):.3f}{target}")
 
 
 if __name__ == "__main__":

@@ -51,9 +51,9 @@ def switchable_kernels() -> dict[str, bool]:
     real = {"inputs": True, "errors": True}
     inputs, errors = native.quant_inputs_batch_range, native.quant_stochastic
 
-    def switched_inputs(x, w, levels):
+    def switched_inputs(x, w, levels, zero_exact=True):
         if real["inputs"]:
-            return inputs(x, w, levels)
+            return inputs(x, w, levels, zero_exact)
         return (x, torch.zeros(()), torch.ones(()), None, None, w, None, None)
 
     def switched_errors(g, key, levels):

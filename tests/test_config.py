@@ -82,6 +82,8 @@ def test_cpt_recipe_preset(compose) -> None:
     assert o.decay_all is True and (o.warmup_steps, o.warmup_lr) == (0, None)
     d = cfg.dataset
     assert d.pad_before_normalize and d.mean == [0.4914, 0.4822, 0.4465] and d.std == [0.2023, 0.1994, 0.2010]
+    assert cfg.quant.zero_exact is False and compose(["experiment=cifar100_mobilenetv2"]).model.name == \
+        "cpt_mobilenetv2"
     assert cfg.paper["results"]["3-8/8"] == {"vs": "8/8", "cost_saving": 36.67}
     deep = compose(["experiment=cifar100_resnet110"])
     assert (deep.optim.warmup_steps, deep.optim.warmup_lr) == (400, 0.01)
@@ -200,7 +202,7 @@ def test_presets_state_only_model_and_dataset(name: str) -> None:
 
 
 @pytest.mark.parametrize("name, model, lo, lr", [("bps_cifar10_resnet74", "resnet74", 3, 0.1),
-                                                 ("bps_cifar100_mobilenetv2", "mobilenetv2", 4, 0.03)])
+                                                 ("bps_cifar100_mobilenetv2", "cpt_mobilenetv2", 4, 0.03)])
 def test_better_schedules_presets(compose, name: str, model: str, lo: int, lr: float) -> None:
     """experiment=bps_* sets up the Better Schedules authors' CIFAR runs (run_train.py): 8
     cycles, pinned bounds, 64k steps, SGD with wd 1e-4; a swept schedule keeps all of it."""
@@ -214,6 +216,7 @@ def test_better_schedules_presets(compose, name: str, model: str, lo: int, lr: f
         assert (o.name, o.lr, o.momentum, o.weight_decay, o.milestones) == ("sgd", lr, 0.9, 1e-4, [0.5, 0.75])
         # their train.py is CPT's: the same data pipeline, evaluation and weight decay
         assert (cfg.trainer.eval_bits, cfg.trainer.drop_last, o.decay_all) == ("current", False, True)
+        assert cfg.quant.zero_exact is False  # their quantizer's grid
         assert cfg.dataset.pad_before_normalize and cfg.dataset.std == [0.2023, 0.1994, 0.2010]
 
 
@@ -246,6 +249,21 @@ def test_resume_allows_neutral_changes_and_refuses_the_rest(compose, tmp_path) -
     check_same_run(saved, asdict(compose()), tmp_path)
     with pytest.raises(CprecError, match="trainer.eval_bits='max', not 'current'"):
         check_same_run(saved, asdict(compose(["trainer.eval_bits=current"])), tmp_path)
+
+
+def test_resume_takes_a_key_added_since_the_checkpoint_as_its_default(compose, tmp_path) -> None:
+    """A checkpoint written before an option existed (here quant.zero_exact) resumes under
+    the option's default, which computes what cprec computed before it; not under another."""
+    from dataclasses import asdict
+
+    from cprec.config import check_same_run
+    from cprec.errors import CprecError
+
+    saved = asdict(compose())
+    del saved["quant"]["zero_exact"]
+    check_same_run(saved, asdict(compose()), tmp_path)
+    with pytest.raises(CprecError, match="quant.zero_exact=True, not False"):
+        check_same_run(saved, asdict(compose(["quant.zero_exact=false"])), tmp_path)
 
 
 def test_report_ignores_exactly_the_neutral_keys_and_the_seed() -> None:

@@ -86,25 +86,50 @@ def kernel_cases() -> list[tuple[Callable, tuple]]:
         cases += [(r.quant_per_channel, (t, lv)) for t in (w, w2d, wide, signed_zeros)]
         cases += [(r.quant_inputs_batch_range, (x, w, lv)),
                   (r.quant_inputs_given_range, (big, w2d, lo, hi, lv))]
-    return cases
+    # the same inputs on CPT's grid (zero_exact=False; the errors have only that grid)
+    return cases + [(fn, (*args, False)) for fn, args in cases if fn is not r.quant_stochastic]
+
+
+def assert_same_outputs(ref: tuple, fast: tuple, case: tuple) -> None:
+    """Every output equal (scales and offsets too), NaN where the reference has NaN.
+
+    Equal = bitwise, except that a range bound of zero may carry the other sign (which of
+    -0.0 and 0.0 is the minimum depends on the reduction order) with the same results.
+    """
+    assert len(ref) == len(fast), case
+    for i, (a, b) in enumerate(zip(ref, fast)):
+        assert a.shape == b.shape, (case, i)
+        assert torch.equal(a.isnan(), b.isnan()), (case, i)
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()), (case, i, (a - b).abs().max())
 
 
 def test_native_kernels_match_reference_bitwise() -> None:
-    """The C kernels return exactly what the reference torch functions return.
-
-    Every output (scales and zero points too), every width, NaN and inf propagated alike.
-    Exactly = bitwise, except that a range bound of zero may carry the other sign (which
-    of -0.0 and 0.0 is the minimum depends on the reduction order) with the same results.
-    """
+    """The C kernels return exactly what the reference torch functions return, on both
+    grids (zero_exact true and false): every output, every width, NaN and inf alike."""
     needs_native()
     for fn, args in kernel_cases():
-        name = fn.__name__
         ref, fast = fn(*args), backends.implementations(fn)[NATIVE](*args)
-        assert len(ref) == len(fast), name
-        for i, (a, b) in enumerate(zip(ref, fast)):
-            assert a.shape == b.shape, (name, i)
-            assert torch.equal(a.isnan(), b.isnan()), (name, i)
-            assert torch.equal(a.nan_to_num(), b.nan_to_num()), (name, i, (a - b).abs().max())
+        assert_same_outputs(ref, fast, (fn.__name__, args[-1]))
+
+
+@pytest.mark.slow
+def test_compiled_kernels_match_reference_bitwise(kernel_state) -> None:
+    """torch.compile's kernels (the GPU back end, here compiled for the CPU) return what the
+    reference returns on both grids; each grid setting is its own compiled kernel."""
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn(4, 8, 7, 9, generator=gen) * 3 + 0.5, torch.randn(16, 3, 3, 3, generator=gen)
+    lo, hi, key = torch.tensor(-1.5), torch.tensor(2.5), keys(1)[0]
+    r = reference
+    for bits in (2, 3, 8):
+        lv = torch.tensor(float(2**bits - 1))
+        cases = [(r.quant_stochastic, (x, key, lv))]
+        for zero_exact in (True, False):
+            cases += [(r.quant_inputs_batch_range, (x, w, lv, zero_exact)),
+                      (r.quant_inputs_given_range, (x, w, lo, hi, lv, zero_exact))]
+        for fn, args in cases:
+            compiled = backends.implementations(fn)[TORCH_COMPILE](*args)
+            assert not backends._state.compile_failed, "torch.compile failed: nothing compared"
+            assert_same_outputs(fn(*args), compiled, (fn.__name__, bits, args[-1]))
 
 
 def test_native_kernels_ignore_the_default_dtype() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cprec.config import QuantConfig, TrainConfig, validate
@@ -26,7 +27,7 @@ from cprec.quant import (
     quantize_model,
     set_precision,
 )
-from cprec.quant.fixed import stochastic_round_tensor
+from cprec.quant.fixed import quantize_activation, quantize_weight, stochastic_round_tensor
 from cprec.quant.floatfmt import quantize_float
 
 
@@ -42,6 +43,30 @@ def test_config_chooses_the_quantizer() -> None:
     assert (fp8.rounding, fp8.overflow, fp8.quantize_errors) == ("stochastic", "inf", True)
     cfg.error_exp_bits, cfg.error_man_bits = 5, 2
     assert build_quantizer(cfg).error_fmt == FORMATS["fp8_e5m2"]
+
+
+def test_zero_exact_reaches_the_layers() -> None:
+    """quant.zero_exact=false gives a fixed-point quantizer whose conv layers see CPT's grid:
+    in training the batch range (the activation's min..max, each weight channel's), at eval
+    the tracked range; true (the default) gives the zero-exact grid."""
+    assert build_quantizer(QuantConfig()).zero_exact is True
+    quantizer = build_quantizer(QuantConfig(zero_exact=False))
+    assert quantizer == FixedPointQuantizer(zero_exact=False)
+    torch.manual_seed(0)
+    for zero_exact, q in ((False, quantizer), (True, build_quantizer(QuantConfig()))):
+        conv = quantize_model(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False)), q, QuantRNG(0),
+                              quantize_last=True)[0]
+        set_precision(nn.Sequential(conv), 3, 32)
+        x = torch.randn(2, 3, 5, 5) - 0.3
+        wq = quantize_weight(conv.weight.detach(), 3, zero_exact)
+        with torch.no_grad():
+            out = conv(x)
+            expected = F.conv2d(quantize_activation(x, 3, zero_exact=zero_exact)[0], wq)
+            assert torch.equal(out, expected)
+            conv.eval()
+            x2 = torch.randn(2, 3, 5, 5) * 2
+            given = quantize_activation(x2, 3, conv.act_lo, conv.act_hi, zero_exact)
+            assert torch.equal(conv(x2), F.conv2d(given, wq))
 
 
 def test_format_bits_are_the_float_widths() -> None:

@@ -160,6 +160,61 @@ def test_layers_reading_one_tensor_share_its_quantization() -> None:
         assert quantize_inputs(z, w1, 4)[0].data_ptr() != quantize_inputs(z, w2, 4)[0].data_ptr()
 
 
+@pytest.mark.parametrize("name", ["resnet20", "cpt_mobilenetv2"])
+def test_block_input_quantized_once_for_conv1_and_shortcut(monkeypatch, name: str) -> None:
+    """In a training step every 1x1 shortcut conv reuses its block's conv1 quantization of the
+    block input (ResNet-20: 2 hits of 21 lookups; CPT's MobileNetV2: 4, one per shortcut
+    conv), and the step (loss, gradients, updated weights, running statistics, keys drawn)
+    is bitwise the step without sharing."""
+    from cprec.config import ModelConfig
+    from cprec.data import DatasetInfo
+    from cprec.models import build_model
+    from cprec.quant import fixed
+
+    calls = {"lookups": 0, "hits": 0}
+    get = fixed._RecentBatchInputs.get.__func__
+
+    def counting_get(cls, x, key):
+        result = get(cls, x, key)
+        calls["lookups"] += 1
+        calls["hits"] += result is not None
+        return result
+
+    monkeypatch.setattr(fixed._RecentBatchInputs, "get", classmethod(counting_get))
+    size = 8 if name == "resnet20" else 16
+
+    def step(entries: int):
+        old = fixed.share_batch_inputs(entries)
+        calls.update(lookups=0, hits=0)
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name=name), DatasetInfo("x", 3, size, 10))
+        rng = QuantRNG(1)
+        quantize_model(model, FixedPointQuantizer(), rng)
+        set_precision(model, 4, 6)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randn(8, 3, size, size, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        fixed.share_batch_inputs(old)
+        state = [v for v in model.state_dict().values() if isinstance(v, torch.Tensor)]
+        return [loss.detach(), *grads, *state], rng.counter, dict(calls)
+
+    shared, shared_keys, shared_calls = step(4)
+    alone, alone_keys, alone_calls = step(0)
+    model = build_model(ModelConfig(name=name), DatasetInfo("x", 3, size, 10))
+    shortcut_convs = [n for n, m in model.named_modules() if n.endswith("shortcut.0")]
+    assert shared_calls["hits"] == len(shortcut_convs) == {"resnet20": 2, "cpt_mobilenetv2": 4}[name]
+    assert alone_calls == {"lookups": shared_calls["lookups"], "hits": 0}
+    if name == "resnet20":
+        assert shared_calls["lookups"] == 21  # every quantized conv (the classifier is fp32)
+    assert shared_keys == alone_keys
+    for a, b in zip(shared, alone):
+        assert torch.equal(a, b)
+
+
 # -- model conversion -------------------------------------------------------------------------
 @pytest.mark.parametrize("first,last", [(True, False), (False, False), (True, True),
                                         (False, True)])

@@ -2,8 +2,10 @@
 
 - Weights: range per output channel, round to nearest.
 - Activations: one range per tensor (batch min..max in training, an EMA at eval).
-  Weight and activation ranges are widened to include 0, so 0 (ReLU zeros, padding) is
-  exact; with the integer zero point every value still lands within half a step.
+  ``zero_exact`` (default, ``quant.zero_exact``): weight and activation ranges are widened to
+  include 0 and the grid is shifted to an integer zero point, so 0 (ReLU zeros, padding) is
+  exact; every value still lands within half a step. ``zero_exact=False``: CPT's grid, from
+  the minimum to the maximum in 2^b - 1 equal steps (0 generally not on it).
 - Errors (gradients w.r.t. a layer's output): per-tensor min..max grid starting at the
   minimum (CPT's grid), stochastic rounding, unbiased for every element (to 2^-24 of a step).
 Both straight-through estimators are the identity, so quantization adds no backward pass
@@ -61,62 +63,73 @@ class StraightThrough(torch.autograd.Function):
         return grads + (None,) * len(grads)
 
 
-def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+def quantize_weight(w: torch.Tensor, bits: int, zero_exact: bool = True) -> torch.Tensor:
     """Per-output-channel range, round to nearest, straight-through gradient."""
     if bits >= 32:
         return w
-    q = kernel(quant_per_channel)(w.detach(), levels_tensor(bits, w.device))[0]
+    q = kernel(quant_per_channel)(w.detach(), levels_tensor(bits, w.device), zero_exact)[0]
     return StraightThrough.apply(w, q)
 
 
 def quantize_activation(x: torch.Tensor, bits: int, lo: torch.Tensor | None = None,
-                        hi: torch.Tensor | None = None
+                        hi: torch.Tensor | None = None, zero_exact: bool = True
                         ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-tensor, round to nearest, straight-through.
 
     Without a range, the batch's own min..max is used and ``(q, lo, hi)`` is returned so the
     caller can track it; with ``lo``/``hi`` (0-dim tensors) just ``q``.
     """
-    if lo is None:
-        if bits >= 32:
-            lo, hi = torch.aminmax(x.detach())
-            return x, lo, hi
-        q, lo, hi, _, _ = kernel(quant_tensor_batch_range)(x.detach(),
-                                                           levels_tensor(bits, x.device))
-        return StraightThrough.apply(x, q), lo, hi
     if bits >= 32:
-        return x
-    q = kernel(quant_tensor_given_range)(x.detach(), lo, hi, levels_tensor(bits, x.device))[0]
+        return (x, *torch.aminmax(x.detach())) if lo is None else x
+    levels = levels_tensor(bits, x.device)
+    if lo is None:
+        q, lo, hi, _, _ = kernel(quant_tensor_batch_range)(x.detach(), levels, zero_exact)
+        return StraightThrough.apply(x, q), lo, hi
+    q = kernel(quant_tensor_given_range)(x.detach(), lo, hi, levels, zero_exact)[0]
     return StraightThrough.apply(x, q)
 
 
-class _LastBatchInput:
-    """The last activation quantized on its batch range, for the next layer reading the same
-    tensor: its quantization is the same, so it is computed (and kept for backward) once.
-    A weak reference and the version counter make sure it is the very same x, unmodified
-    (except through ``.data``, which autograd does not see either); inference-mode tensors
-    have no version counter and are never shared. Holds the last result until replaced."""
+class _RecentBatchInputs:
+    """The last few activations quantized on their batch range, for a later layer reading the
+    same tensor: its quantization is the same, so it is computed (and kept for backward) once.
 
-    entry: tuple = (lambda: None, -1, 0, None)
+    A few entries, not one: a ResNet block's 1x1 shortcut reads the block input after conv2
+    (and a MobileNetV2 block's after conv2 and conv3) has quantized its own input; computing
+    the shortcut first instead would reorder the backward pass and so the stochastic-rounding
+    keys each layer draws. A weak reference and the version counter make sure it is the very
+    same x, unmodified (except through ``.data``, which autograd does not see either);
+    inference-mode tensors have no version counter and are never shared. Holds the last
+    ``size`` results until replaced (tensors a training step keeps for backward anyway)."""
+
+    size = 4
+    entries: list[tuple] = []  # newest first: (weak x, x's version, key, result)
 
     @classmethod
-    def get(cls, x: torch.Tensor, bits: int):
+    def get(cls, x: torch.Tensor, key: tuple):
         if x.is_inference():
             return None
-        ref, version, entry_bits, result = cls.entry
-        if ref() is x and version == x._version and entry_bits == bits:
-            return result
+        for ref, version, entry_key, result in cls.entries:
+            if ref() is x and version == x._version and entry_key == key:
+                return result
         return None
 
     @classmethod
-    def put(cls, x: torch.Tensor, bits: int, result: tuple) -> None:
+    def put(cls, x: torch.Tensor, key: tuple, result: tuple) -> None:
         if not x.is_inference():
-            cls.entry = (weakref.ref(x), x._version, bits, result)
+            cls.entries = [(weakref.ref(x), x._version, key, result), *cls.entries][:cls.size]
+
+
+def share_batch_inputs(entries: int) -> int:
+    """Keep the last ``entries`` batch-range input quantizations for sharing (0: share none,
+    e.g. to measure what sharing saves; the results are bitwise the same); returns the old
+    number."""
+    old, _RecentBatchInputs.size, _RecentBatchInputs.entries = _RecentBatchInputs.size, entries, []
+    return old
 
 
 def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,
                     lo: torch.Tensor | None = None, hi: torch.Tensor | None = None,
-                    ste: bool = True) -> tuple[torch.Tensor, ...]:
+                    ste: bool = True, zero_exact: bool = True) -> tuple[torch.Tensor, ...]:
     """A layer's activation and weight at once, as ``quantize_activation`` and
     ``quantize_weight`` would (bitwise the same), in one kernel call and one autograd node.
 
@@ -130,17 +143,17 @@ def quantize_inputs(x: torch.Tensor, w: torch.Tensor, bits: int,
         return (x, w, lo, hi) if ste else (x.detach(), w.detach(), lo, hi)
     levels = levels_tensor(bits, x.device)
     if lo is None:
-        shared = _LastBatchInput.get(x, bits)
+        shared = _RecentBatchInputs.get(x, (bits, zero_exact))
         if shared is not None:  # e.g. a ResNet block's conv1 and 1x1 shortcut: one pass
             xq, lo, hi = shared
-            wq = kernel(quant_per_channel)(w.detach(), levels)[0]
+            wq = kernel(quant_per_channel)(w.detach(), levels, zero_exact)[0]
         else:
-            xq, lo, hi, _, _, wq, _, _ = kernel(quant_inputs_batch_range)(x.detach(),
-                                                                           w.detach(), levels)
-            _LastBatchInput.put(x, bits, (xq, lo, hi))
+            xq, lo, hi, _, _, wq, _, _ = kernel(quant_inputs_batch_range)(
+                x.detach(), w.detach(), levels, zero_exact)
+            _RecentBatchInputs.put(x, (bits, zero_exact), (xq, lo, hi))
     else:
         xq, _, _, wq, _, _ = kernel(quant_inputs_given_range)(x.detach(), w.detach(), lo, hi,
-                                                               levels)
+                                                               levels, zero_exact)
     if ste:
         xq, wq = StraightThrough.apply(x, w, xq, wq)
     return xq, wq, lo, hi

@@ -31,10 +31,10 @@ SOURCE = Path(__file__).with_name("native_kernels.c")
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=off", "-fPIC", "-shared"]
 _F, _I64, _I32, _P, _INT = (ctypes.c_float, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p,
                             ctypes.c_int)
-SIGNATURES = {  # the last argument of each: threads
-    "quant_tensor_batch_range": [_P, _P, _I64, _F, _P, _INT],
-    "quant_tensor_given_range": [_P, _P, _I64, _F, _F, _F, _P, _INT],
-    "quant_per_channel": [_P, _P, _I64, _I64, _F, _P, _P, _INT],
+SIGNATURES = {  # the last argument of each: threads; _INT after levels: zero_exact
+    "quant_tensor_batch_range": [_P, _P, _I64, _F, _INT, _P, _INT],
+    "quant_tensor_given_range": [_P, _P, _I64, _F, _F, _F, _INT, _P, _INT],
+    "quant_per_channel": [_P, _P, _I64, _I64, _F, _INT, _P, _P, _INT],
     "quant_stochastic": [_P, _P, _I64, _F, _I32, _P, _INT],
 }
 F32 = torch.float32
@@ -140,12 +140,13 @@ def library() -> ctypes.CDLL | None:
     return _lib
 
 
-def accepts(*tensors: torch.Tensor) -> bool:
+def accepts(*args: torch.Tensor | bool) -> bool:
     """The C kernels take non-empty CPU tensors under 2^31 elements, the data as contiguous
-    float32 (the SR key is int32); anything else stays with torch."""
+    float32 (the SR key is int32); anything else stays with torch. Flags (``zero_exact``)
+    are not tensors and pass."""
     return all(t.device.type == "cpu" and t.is_contiguous() and 0 < t.numel() < 2**31
                and (t.dtype == F32 or t.dtype == torch.int32 and t.dim() == 0)
-               for t in tensors)
+               for t in args if isinstance(t, torch.Tensor))
 
 
 def _ptr(t: torch.Tensor) -> int:
@@ -158,37 +159,43 @@ Tensors = tuple[torch.Tensor, ...]
 # the library must be loaded (``library()`` not None) and ``accepts`` true of the arguments.
 
 
-def quant_tensor_batch_range(x: torch.Tensor, levels: torch.Tensor) -> Tensors:
+def quant_tensor_batch_range(x: torch.Tensor, levels: torch.Tensor,
+                             zero_exact: bool = True) -> Tensors:
     out, stats = torch.empty_like(x), torch.empty(4, dtype=F32)
-    _lib.quant_tensor_batch_range(_ptr(x), _ptr(out), x.numel(), levels.item(), _ptr(stats),
-                                  torch.get_num_threads())
+    _lib.quant_tensor_batch_range(_ptr(x), _ptr(out), x.numel(), levels.item(), zero_exact,
+                                  _ptr(stats), torch.get_num_threads())
     return (out, *stats.unbind())
 
 
 def quant_tensor_given_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                             levels: torch.Tensor) -> Tensors:
+                             levels: torch.Tensor, zero_exact: bool = True) -> Tensors:
     out, stats = torch.empty_like(x), torch.empty(2, dtype=F32)
     _lib.quant_tensor_given_range(_ptr(x), _ptr(out), x.numel(), lo.item(), hi.item(),
-                                  levels.item(), _ptr(stats), torch.get_num_threads())
+                                  levels.item(), zero_exact, _ptr(stats),
+                                  torch.get_num_threads())
     return (out, *stats.unbind())
 
 
-def quant_per_channel(w: torch.Tensor, levels: torch.Tensor) -> Tensors:
+def quant_per_channel(w: torch.Tensor, levels: torch.Tensor, zero_exact: bool = True) -> Tensors:
     out = torch.empty_like(w)
     shape = [w.shape[0]] + [1] * (w.dim() - 1)
-    scale, zero_point = torch.empty(shape, dtype=F32), torch.empty(shape, dtype=F32)
+    scale, offset = torch.empty(shape, dtype=F32), torch.empty(shape, dtype=F32)
     _lib.quant_per_channel(_ptr(w), _ptr(out), w.shape[0], w[0].numel(), levels.item(),
-                           _ptr(scale), _ptr(zero_point), torch.get_num_threads())
-    return out, scale, zero_point
+                           zero_exact, _ptr(scale), _ptr(offset), torch.get_num_threads())
+    return out, scale, offset
 
 
-def quant_inputs_batch_range(x: torch.Tensor, w: torch.Tensor, levels: torch.Tensor) -> Tensors:
-    return quant_tensor_batch_range(x, levels) + quant_per_channel(w, levels)
+def quant_inputs_batch_range(x: torch.Tensor, w: torch.Tensor, levels: torch.Tensor,
+                             zero_exact: bool = True) -> Tensors:
+    return (quant_tensor_batch_range(x, levels, zero_exact)
+            + quant_per_channel(w, levels, zero_exact))
 
 
 def quant_inputs_given_range(x: torch.Tensor, w: torch.Tensor, lo: torch.Tensor,
-                             hi: torch.Tensor, levels: torch.Tensor) -> Tensors:
-    return quant_tensor_given_range(x, lo, hi, levels) + quant_per_channel(w, levels)
+                             hi: torch.Tensor, levels: torch.Tensor,
+                             zero_exact: bool = True) -> Tensors:
+    return (quant_tensor_given_range(x, lo, hi, levels, zero_exact)
+            + quant_per_channel(w, levels, zero_exact))
 
 
 def quant_stochastic(g: torch.Tensor, key: torch.Tensor, levels: torch.Tensor) -> Tensors:

@@ -27,17 +27,26 @@
         (nan) |= v_ != v_;                \
     } while (0)
 
-/* Scale and integer zero point of a grid spanning [min(lo, 0), max(hi, 0)] (reference.grid). */
-static void grid(float lo, float hi, float levels, float *scale, float *zero_point) {
+/* reference.grid: scale and offset of the grid for [lo, hi]. zero_exact: the grid spans
+ * [min(lo, 0), max(hi, 0)], offset = its integer zero point; else CPT's grid from lo to hi,
+ * offset = lo. */
+static void grid(float lo, float hi, float levels, int zero_exact, float *scale,
+                 float *offset) {
+    if (!zero_exact) {
+        float s = (hi - lo) / levels;
+        *scale = s < EPS ? EPS : s;
+        *offset = lo;
+        return;
+    }
     lo = lo > 0.0f ? 0.0f : lo;
     hi = hi < 0.0f ? 0.0f : hi;
     float s = (hi - lo) / levels;
     s = s < EPS ? EPS : s;
     *scale = s;
-    *zero_point = nearbyintf(-lo / s);
+    *offset = nearbyintf(-lo / s);
 }
 
-/* reference.round_nearest for one value */
+/* reference.round_nearest for one value, on the zero-exact grid (offset: zero point) */
 static inline float round_to_grid(float v, float scale, float zero_point, float levels) {
     float q = nearbyintf(v / scale) + zero_point;
     q = q < 0.0f ? 0.0f : q;
@@ -45,18 +54,40 @@ static inline float round_to_grid(float v, float scale, float zero_point, float 
     return (q - zero_point) * scale;
 }
 
-static void round_nearest(const float *x, float *out, int64_t n, float scale,
-                          float zero_point, float levels, int threads) {
-#pragma omp parallel for simd if (n >= PARALLEL_MIN) num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        out[i] = round_to_grid(x[i], scale, zero_point, levels);
-    }
+/* reference.round_nearest for one value, on CPT's grid starting at lo (the offset) */
+static inline float round_from_min(float v, float scale, float lo, float levels) {
+    float q = (v - lo) / scale;
+    q = q < 0.0f ? 0.0f : q;
+    q = q > levels ? levels : q;
+    return nearbyintf(q) * scale + lo;
 }
 
-/* reference.quant_tensor_batch_range; stats <- lo, hi, scale, zero point. One parallel
+/* The rounding pass over x[0..n) as an OpenMP worksharing loop: inside a parallel region
+ * every thread takes its share, outside it one thread does all. One loop per grid, so each
+ * vectorizes without a per-element branch. */
+#define ROUND_LOOP(x, out, n, scale, offset, levels, zero_exact)                  \
+    do {                                                                            \
+        if (zero_exact) {                                                           \
+            _Pragma("omp for simd schedule(static)")                                \
+            for (int64_t i = 0; i < (n); i++)                                       \
+                (out)[i] = round_to_grid((x)[i], (scale), (offset), (levels));      \
+        } else {                                                                    \
+            _Pragma("omp for simd schedule(static)")                                \
+            for (int64_t i = 0; i < (n); i++)                                       \
+                (out)[i] = round_from_min((x)[i], (scale), (offset), (levels));     \
+        }                                                                           \
+    } while (0)
+
+static void round_nearest(const float *x, float *out, int64_t n, float scale, float offset,
+                          float levels, int zero_exact, int threads) {
+#pragma omp parallel if (n >= PARALLEL_MIN) num_threads(threads)
+    ROUND_LOOP(x, out, n, scale, offset, levels, zero_exact);
+}
+
+/* reference.quant_tensor_batch_range; stats <- lo, hi, scale, offset. One parallel
  * region for both passes (one fork/join per call). */
 void quant_tensor_batch_range(const float *x, float *out, int64_t n, float levels,
-                              float *stats, int threads) {
+                              int zero_exact, float *stats, int threads) {
     float lo = INFINITY, hi = -INFINITY;
     int nan = 0;
 #pragma omp parallel if (n >= PARALLEL_MIN) num_threads(threads)
@@ -67,30 +98,27 @@ void quant_tensor_batch_range(const float *x, float *out, int64_t n, float level
         }
         /* after the loop's barrier every thread sees the reduced range */
         const float low = nan ? NAN : lo, high = nan ? NAN : hi;
-        float scale, zero_point;
-        grid(low, high, levels, &scale, &zero_point);
+        float scale, offset;
+        grid(low, high, levels, zero_exact, &scale, &offset);
 #pragma omp single nowait
         {
-            stats[0] = low, stats[1] = high, stats[2] = scale, stats[3] = zero_point;
+            stats[0] = low, stats[1] = high, stats[2] = scale, stats[3] = offset;
         }
-#pragma omp for simd schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            out[i] = round_to_grid(x[i], scale, zero_point, levels);
-        }
+        ROUND_LOOP(x, out, n, scale, offset, levels, zero_exact);
     }
 }
 
-/* reference.quant_tensor_given_range; stats <- scale, zero point */
+/* reference.quant_tensor_given_range; stats <- scale, offset */
 void quant_tensor_given_range(const float *x, float *out, int64_t n, float lo, float hi,
-                              float levels, float *stats, int threads) {
-    grid(lo, hi, levels, &stats[0], &stats[1]);
-    round_nearest(x, out, n, stats[0], stats[1], levels, threads);
+                              float levels, int zero_exact, float *stats, int threads) {
+    grid(lo, hi, levels, zero_exact, &stats[0], &stats[1]);
+    round_nearest(x, out, n, stats[0], stats[1], levels, zero_exact, threads);
 }
 
 /* reference.quant_per_channel over `channels` contiguous rows of `per` values;
- * scales and zero_points get one value per channel */
+ * scales and offsets get one value per channel */
 void quant_per_channel(const float *w, float *out, int64_t channels, int64_t per, float levels,
-                       float *scales, float *zero_points, int threads) {
+                       int zero_exact, float *scales, float *offsets, int threads) {
 #pragma omp parallel for if (channels * per >= PARALLEL_MIN) num_threads(threads) \
     schedule(static)
     for (int64_t c = 0; c < channels; c++) {
@@ -101,10 +129,13 @@ void quant_per_channel(const float *w, float *out, int64_t channels, int64_t per
             WIDEN_RANGE(row[i], lo, hi, nan);
         }
         if (nan) lo = hi = NAN;
-        grid(lo, hi, levels, &scales[c], &zero_points[c]);
-        float s = scales[c], zp = zero_points[c];
-        for (int64_t i = 0; i < per; i++) {
-            out[c * per + i] = round_to_grid(row[i], s, zp, levels);
+        grid(lo, hi, levels, zero_exact, &scales[c], &offsets[c]);
+        const float s = scales[c], off = offsets[c];
+        float *dst = out + c * per;
+        if (zero_exact) {
+            for (int64_t i = 0; i < per; i++) dst[i] = round_to_grid(row[i], s, off, levels);
+        } else {
+            for (int64_t i = 0; i < per; i++) dst[i] = round_from_min(row[i], s, off, levels);
         }
     }
 }

@@ -67,21 +67,25 @@ class FixedPointQuantizer(Quantizer):
 
     Activations use the batch range in training, tracked as an EMA (``act_momentum``) in
     the layer's ``act_lo``/``act_hi`` buffers, and that EMA at eval once it has been seen.
+    ``zero_exact``: weight and activation grids hold 0 exactly (default); False: CPT's grid
+    from min to max (fixed.py).
     """
 
     quantize_errors: bool = True
     act_momentum: float = 0.9
+    zero_exact: bool = True
 
     def inputs(self, layer: QuantMixin, x: torch.Tensor, weight: torch.Tensor,
                ste: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        bits = layer.fw_bits
+        bits, zero_exact = layer.fw_bits, self.zero_exact
         if layer.training:
-            xq, wq, lo, hi = quantize_inputs(x, weight, bits, ste=ste)
+            xq, wq, lo, hi = quantize_inputs(x, weight, bits, ste=ste, zero_exact=zero_exact)
             layer.track_range(lo, hi, self.act_momentum)
             return xq, wq
         if layer.act_seen:
-            return quantize_inputs(x, weight, bits, layer.act_lo, layer.act_hi, ste=ste)[:2]
-        return quantize_inputs(x, weight, bits, ste=ste)[:2]
+            return quantize_inputs(x, weight, bits, layer.act_lo, layer.act_hi, ste=ste,
+                                   zero_exact=zero_exact)[:2]
+        return quantize_inputs(x, weight, bits, ste=ste, zero_exact=zero_exact)[:2]
 
     def round_error(self, error: torch.Tensor, bits: int, key: torch.Tensor) -> torch.Tensor:
         return stochastic_round_tensor(error, bits, key)
@@ -122,7 +126,7 @@ class FloatFormatQuantizer(Quantizer):
 
 
 def _fixed_point(cfg: QuantConfig) -> Quantizer:
-    return FixedPointQuantizer(cfg.quantize_errors, cfg.act_momentum)
+    return FixedPointQuantizer(cfg.quantize_errors, cfg.act_momentum, cfg.zero_exact)
 
 
 def _float_format(cfg: QuantConfig) -> Quantizer:

@@ -26,59 +26,78 @@ def uniform_from_hash(index: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return ((h >> 8) & 0xFFFFFF).to(torch.float32) * (1.0 / 16777216)
 
 
-def grid(lo: torch.Tensor, hi: torch.Tensor, levels: torch.Tensor) -> Tensors:
-    """Scale and integer zero point of a grid spanning [min(lo, 0), max(hi, 0)]."""
+def grid(lo: torch.Tensor, hi: torch.Tensor, levels: torch.Tensor,
+         zero_exact: bool = True) -> Tensors:
+    """Scale and offset of the round-to-nearest grid for the range [lo, hi].
+
+    ``zero_exact``: the grid spans [min(lo, 0), max(hi, 0)] and is shifted so that 0 is one
+    of its points; the offset is the integer zero point (the code of 0). Otherwise CPT's
+    grid: lo + k * (hi - lo) / levels, k = 0..levels, from the minimum exactly to the maximum
+    (to float rounding); the offset is lo.
+    """
+    if not zero_exact:
+        return torch.clamp_min((hi - lo) / levels, EPS), lo
     lo, hi = torch.clamp_max(lo, 0.0), torch.clamp_min(hi, 0.0)
     scale = torch.clamp_min((hi - lo) / levels, EPS)
     return scale, torch.round(-lo / scale)
 
 
-def round_nearest(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                  levels: torch.Tensor) -> torch.Tensor:
-    """x rounded to the nearest of the grid's codes 0..levels, returned as values."""
-    q = torch.minimum(torch.clamp_min(torch.round(x / scale) + zero_point, 0.0), levels)
-    return (q - zero_point) * scale
+def round_nearest(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                  levels: torch.Tensor, zero_exact: bool = True) -> torch.Tensor:
+    """x rounded to the nearest of the grid's codes 0..levels, returned as values (the
+    grid's scale and offset as ``grid`` gives them)."""
+    if not zero_exact:  # CPT's order of operations: shift, scale, clamp, round, back
+        q = torch.round(torch.minimum(torch.clamp_min((x - offset) / scale, 0.0), levels))
+        return q * scale + offset
+    q = torch.minimum(torch.clamp_min(torch.round(x / scale) + offset, 0.0), levels)
+    return (q - offset) * scale
 
 
-# Each kernel also returns its grid's scale (and zero point): callers drop them, but as graph
+# Each kernel also returns its grid's scale (and offset): callers drop them, but as graph
 # outputs inductor computes them once into a buffer; otherwise it inlines their scalar math
 # (divisions included) into every vector step of the elementwise loop, which costs ~25% of
-# the kernel's time on CPU. The results are bitwise the same.
-def quant_tensor_batch_range(x: torch.Tensor, levels: torch.Tensor) -> Tensors:
-    """Round x to nearest on the grid of its own min..max: (q, min, max, scale, zero point)."""
+# the kernel's time on CPU. The results are bitwise the same. ``zero_exact`` picks the grid
+# (``grid``); a Python bool, so each setting is its own compiled kernel.
+def quant_tensor_batch_range(x: torch.Tensor, levels: torch.Tensor,
+                             zero_exact: bool = True) -> Tensors:
+    """Round x to nearest on the grid of its own min..max: (q, min, max, scale, offset)."""
     lo, hi = torch.aminmax(x)
-    scale, zp = grid(lo, hi, levels)
-    return round_nearest(x, scale, zp, levels), lo, hi, scale, zp
+    scale, offset = grid(lo, hi, levels, zero_exact)
+    return round_nearest(x, scale, offset, levels, zero_exact), lo, hi, scale, offset
 
 
 def quant_tensor_given_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                             levels: torch.Tensor) -> Tensors:
+                             levels: torch.Tensor, zero_exact: bool = True) -> Tensors:
     """Round x to nearest on the grid of the range [lo, hi] (e.g. an EMA at eval):
-    (q, scale, zero point)."""
-    scale, zp = grid(lo, hi, levels)
-    return round_nearest(x, scale, zp, levels), scale, zp
+    (q, scale, offset)."""
+    scale, offset = grid(lo, hi, levels, zero_exact)
+    return round_nearest(x, scale, offset, levels, zero_exact), scale, offset
 
 
-def quant_per_channel(w: torch.Tensor, levels: torch.Tensor) -> Tensors:
+def quant_per_channel(w: torch.Tensor, levels: torch.Tensor, zero_exact: bool = True) -> Tensors:
     """Round each output channel (dim 0) to nearest on the grid of its own min..max:
-    (q, scale, zero point)."""
+    (q, scale, offset)."""
     lo, hi = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
     shape = [-1] + [1] * (w.dim() - 1)
-    scale, zp = grid(lo.view(shape), hi.view(shape), levels)
-    return round_nearest(w, scale, zp, levels), scale, zp
+    scale, offset = grid(lo.view(shape), hi.view(shape), levels, zero_exact)
+    return round_nearest(w, scale, offset, levels, zero_exact), scale, offset
 
 
-def quant_inputs_batch_range(x: torch.Tensor, w: torch.Tensor, levels: torch.Tensor) -> Tensors:
+def quant_inputs_batch_range(x: torch.Tensor, w: torch.Tensor, levels: torch.Tensor,
+                             zero_exact: bool = True) -> Tensors:
     """A layer's two inputs in one call: x as ``quant_tensor_batch_range``, then w as
     ``quant_per_channel``. One fast call per layer instead of two: on CPU each call has a
     fixed cost (~0.1 ms in a training step) larger than quantizing a small weight."""
-    return quant_tensor_batch_range(x, levels) + quant_per_channel(w, levels)
+    return (quant_tensor_batch_range(x, levels, zero_exact)
+            + quant_per_channel(w, levels, zero_exact))
 
 
 def quant_inputs_given_range(x: torch.Tensor, w: torch.Tensor, lo: torch.Tensor,
-                             hi: torch.Tensor, levels: torch.Tensor) -> Tensors:
+                             hi: torch.Tensor, levels: torch.Tensor,
+                             zero_exact: bool = True) -> Tensors:
     """``quant_tensor_given_range`` of x, then ``quant_per_channel`` of w, in one call."""
-    return quant_tensor_given_range(x, lo, hi, levels) + quant_per_channel(w, levels)
+    return (quant_tensor_given_range(x, lo, hi, levels, zero_exact)
+            + quant_per_channel(w, levels, zero_exact))
 
 
 def quant_stochastic(g: torch.Tensor, key: torch.Tensor, levels: torch.Tensor) -> Tensors:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,10 @@ from cprec.progress import Progress, logs_above_bar
 from cprec.step import StepPlugin, TrainStep
 
 log = logging.getLogger("cprec")
+# A step plugin may veto an optimizer step (dynamic loss scaling skips an overflowing one);
+# the lr schedule still advances with the step count, as with torch.amp.GradScaler, so
+# torch's warning that the first optimizer.step() was skipped is expected, not a mistake.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
 PROGRESS_EVERY = 10  # steps between progress-bar updates and divergence checks
 
 

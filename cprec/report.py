@@ -30,6 +30,8 @@ from cprec.reproduction import PaperFigures, compare_with_papers, paper_figures,
 from cprec.runs import read_metrics, write_text
 
 STATS = ("final_acc", "best_acc", "gbitops", "relative_cost", "train_time_s")
+# what loss-scaled runs add (loss_scale.py); shown as columns when some group has them
+SCALING_STATS = ("underflow_rate", "skipped_steps")
 # overrides that do not change what a run computes: not part of a group's identity
 IGNORED_KEYS = {"seed", *RESULT_NEUTRAL_KEYS}
 IDENTITY = ("model", "dataset", "schedule")
@@ -80,7 +82,7 @@ class Group:
         for status in NOT_COMPLETED:
             out[status] = sum(r.status == status for r in self.runs)
         out["other"] = len(self.runs) - out["completed"] - sum(out[s] for s in NOT_COMPLETED)
-        for name in STATS:
+        for name in (*STATS, *SCALING_STATS):
             values = [float(v) for r in self.completed
                       if isinstance(v := r.summary.get(name), int | float) and math.isfinite(v)]
             out[f"{name}_mean"], out[f"{name}_std"] = mean_std(values)
@@ -216,6 +218,8 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
     """The table users read: accuracies in percent, mean ± sample std over seeds."""
     head = ["group", "runs (ok/all)", "final acc %", "best acc %", "GBitOPs", "rel. cost",
             "train time s", "Pareto"]
+    scaling = [s for s in SCALING_STATS if any(r[f"{s}_mean"] is not None for r in rows)]
+    head += [s.replace("_", " ") for s in scaling]
     papers = any(r.get("paper") for r in rows)
     if papers:
         head += ["paper", "measured"]
@@ -229,6 +233,7 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
                  _pm(r["relative_cost_mean"], r["relative_cost_std"], ".4f"),
                  _pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
                  "*" if r["pareto"] else ""]
+        cells += [_pm(r[f"{s}_mean"], r[f"{s}_std"], ".3g") for s in scaling]
         if papers:
             cells += [r["paper"] or "-", r["measured"] or "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -288,7 +293,7 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
     run_rows = [{"group": r.label, "path": str(r.path), "status": r.status,
                  "seed": r.summary.get("seed"), "error": r.summary.get("error"), "plot": r.plot,
                  "damaged": r.damaged,
-                 **{k: r.summary.get(k) for k in STATS}} for r in runs]
+                 **{k: r.summary.get(k) for k in (*STATS, *SCALING_STATS)}} for r in runs]
     report = {"dirs": [str(d) for d in dirs], "std": STD_NOTE, "groups": rows, "runs": run_rows}
     write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     return text

@@ -244,3 +244,20 @@ def test_reports_without_paper_figures_keep_their_columns(tmp_path, capsys) -> N
     make_run(tmp_path / "r" / "a", "static", 0, {})
     assert main_cli([str(tmp_path / "r"), "--no-plots"]) == 0
     assert "| paper |" not in capsys.readouterr().out
+
+
+def test_loss_scaled_runs_show_underflow_and_skipped_steps(tmp_path, capsys) -> None:
+    """Runs whose summaries carry loss-scaling telemetry get `underflow rate` and `skipped steps`
+    columns (mean ± std over seeds); a group without them shows '-'."""
+    root = tmp_path / "sweep"
+    for seed, (under, skipped) in enumerate([(0.1, 2), (0.3, 4)]):
+        make_run(root / f"d{seed}", "static", seed, {"underflow_rate": under, "skipped_steps": skipped},
+                 ("loss_scale=dynamic",))
+    make_run(root / "n0", "static", 0, {})
+    assert main_cli([str(root), "--no-plots"]) == 0
+    table = capsys.readouterr().out
+    assert "| underflow rate | skipped steps |" in table
+    groups = {g["group"]: g for g in read_report(root / "report")["groups"]}
+    dyn = groups["loss_scale=dynamic"]
+    assert dyn["underflow_rate_mean"] == pytest.approx(0.2) and dyn["skipped_steps_mean"] == 3
+    assert "| 0.2 ± 0.141 | 3 ± 1.41 |" in table

@@ -48,7 +48,9 @@ def launched_env() -> tuple[int, int, int] | None:
         env.setdefault("MASTER_ADDR", first_node(env.get("SLURM_JOB_NODELIST", "localhost")))
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
         rank, world = env["SLURM_PROCID"], env["SLURM_NTASKS"]
-        env.update(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=env.get("SLURM_LOCALID", "0"))
+        # each SLURM task has its own cpus_per_task: its threads are not shared out
+        env.update(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=env.get("SLURM_LOCALID", "0"),
+                   LOCAL_WORLD_SIZE="1")
         return int(rank), int(world), int(env["LOCAL_RANK"])
     return None
 
@@ -127,7 +129,7 @@ def spawn(cfg: TrainConfig, out_dir: Path) -> None:
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=cfg.trainer.devices,
                           run_id=uuid.uuid4().hex, rdzv_backend="c10d", rdzv_endpoint="localhost:0",
                           max_restarts=0, monitor_interval=0.2, start_method="spawn")
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # ours: one line
     failed: list[BaseException] = []
 
     def agent(errors: str) -> None:

@@ -14,27 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FAST, read_summary, run_cli
+from test_robustness import results
 
 from cprec.data import random_crop_flip
 from cprec.data_parallel import shard_bounds
 from cprec.distributed import check_devices, launched_env
 from cprec.errors import ConfigError
 
-TIMING = ("train_time_s", "wall_time_s")
 RUN_FILES = {".hydra", "train.log", ".cprec.lock", "metrics.jsonl", "summary.json", "cost.json",
              "checkpoint.pt", "checkpoint.prev.pt"}
 # slow enough per step to be signalled mid-run
 RESUMABLE = ["model=resnet20", "dataset.train_subset=256", "trainer.batch_size=32", "trainer.steps=48",
              "trainer.eval_every=12", "trainer.checkpoint_every=3", "trainer.progress=false",
              "schedule.cycles=4", "trainer.devices=2"]
-
-
-def results(run_dir: Path) -> tuple[dict, list[dict]]:
-    """Summary and metrics without the wall-clock fields."""
-    summary = {k: v for k, v in read_summary(run_dir).items() if k not in TIMING}
-    metrics = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return summary, metrics
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:

@@ -129,7 +129,8 @@ def spawn(cfg: TrainConfig, out_dir: Path) -> None:
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=cfg.trainer.devices,
                           run_id=uuid.uuid4().hex, rdzv_backend="c10d", rdzv_endpoint="localhost:0",
                           max_restarts=0, monitor_interval=0.2, start_method="spawn")
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # ours: one line
+    for name in ("torch.distributed.elastic", "torch.multiprocessing"):  # ours is the one line
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     failed: list[BaseException] = []
 
     def agent(errors: str) -> None:
@@ -157,7 +158,10 @@ def forward_signals(ranks: Path) -> Iterator[None]:
             with suppress(ProcessLookupError, ValueError):
                 os.kill(int(path.read_text()), signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {}
+    with suppress(ValueError):  # not the main thread (some launchers): the ranks' own handlers
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, forward)
     try:
         yield
     finally:

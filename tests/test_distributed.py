@@ -72,6 +72,24 @@ def test_two_ranks_count_the_global_batch_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_uneven_split_trains_the_global_batch_mean(tmp_path: Path) -> None:
+    """A batch of 10 over 3 processes (4+3+3, losses weighted by share), fp32 and no BatchNorm:
+    the run's metrics equal 1 process's up to float rounding (unweighted shards would not)."""
+    fp32 = ["model=mlp", "trainer.steps=24", "trainer.eval_every=12", "trainer.progress=false",
+            "schedule=fp32", "trainer.batch_size=10"]
+    for name, extra in (("one", []), ("three", ["trainer.devices=3"])):
+        out = run_cli(["train", *fp32, *extra, f"hydra.run.dir={name}"], tmp_path,
+                      env={"OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr[-3000:]
+    one, three = results(tmp_path / "one")[1], results(tmp_path / "three")[1]
+    assert len(one) == len(three) == 2
+    for a, b in zip(one, three):
+        assert a["gbitops"] == b["gbitops"] and a["train_acc"] == b["train_acc"]
+        for key in ("train_loss", "test_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
+@pytest.mark.slow
 def test_sigterm_to_group_then_resume_ends_like_uninterrupted(tmp_path: Path) -> None:
     """SIGTERM to the process group: every rank checkpoints, the run ends "interrupted" (exit 1, no
     traceback); resume= finishes it exactly where an uninterrupted 2-process run ends."""

@@ -23,7 +23,7 @@ FLOAT_OVERFLOW = ("saturate", "inf")
 # Hydra leaves them out of sweep job names (train.yaml's exclude_keys, tested to agree).
 RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root",
                        "dataset.download", "trainer.progress", "trainer.threads",
-                       "trainer.device", "trainer.checkpoint_every")
+                       "trainer.device", "trainer.checkpoint_every", "trainer.dist_timeout_s")
 
 
 @dataclass
@@ -135,6 +135,11 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # tqdm progress bar
     threads: int | None = None  # torch CPU threads; null = torch's default
+    # data parallel (cprec/distributed.py, README "Data-parallel training"): processes, one
+    # shard of every global batch each; BatchNorm statistics per process unless sync_bn
+    devices: int = 1
+    sync_bn: bool = False
+    dist_timeout_s: int = 300  # a collective waiting longer ends the group (a rank died)
 
 
 @dataclass
@@ -250,6 +255,12 @@ def check_trainer(t: TrainerConfig) -> None:
     require_choice("trainer.device", t.device, DEVICES)
     require_choice("trainer.eval_bits", t.eval_bits, EVAL_BITS)
     _positive_or_null("trainer.threads", t.threads, "thread count")
+    require(isinstance(t.devices, int) and t.devices >= 1, "trainer.devices", t.devices,
+            "must be a positive number of data-parallel processes")
+    require(t.batch_size >= t.devices, "trainer.batch_size", t.batch_size,
+            f"the global batch is split over trainer.devices={t.devices} processes: it needs "
+            f"at least one sample per process")
+    require(t.dist_timeout_s > 0, "trainer.dist_timeout_s", t.dist_timeout_s, "must be positive seconds")
 
 
 def check_dataset(d: DatasetConfig) -> None:

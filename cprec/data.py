@@ -220,20 +220,24 @@ def build_dataset(cfg: DatasetConfig) -> Dataset:
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
-                     fill: torch.Tensor | None = None) -> torch.Tensor:
+                     fill: torch.Tensor | None = None, part: tuple[int, int] | None = None
+                     ) -> torch.Tensor:
     """Batched random crop and horizontal flip in one gather, on x's device.
 
     The border is zeros, or ``fill`` per channel (a raw image's black in normalised units).
+    ``part=(start, total)``: x is samples start.. of a batch of ``total`` (a data-parallel
+    shard); the draws are the whole batch's, so every shard augments as one process would.
     """
     n, c, h, w = x.shape
+    start, total = part or (0, n)
     padded = F.pad(x, (padding, padding, padding, padding))
     if fill is not None:
         border = torch.ones_like(padded[:1, :1])
         border[..., padding:padding + h, padding:padding + w] = 0
         padded = padded + border * fill.view(1, c, 1, 1)
-    shifts = torch.randint(0, 2 * padding + 1, (2, n), generator=generator,
-                           device=generator.device).to(x.device)
-    flip = torch.rand(n, generator=generator, device=generator.device).to(x.device) < 0.5
+    shifts = torch.randint(0, 2 * padding + 1, (2, total), generator=generator,
+                           device=generator.device)[:, start:start + n].to(x.device)
+    flip = torch.rand(total, generator=generator, device=generator.device)[start:start + n].to(x.device) < 0.5
     cols = torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], w - 1 - cols, cols)  # flipping = reading columns backwards
     rows = shifts[0][:, None] + torch.arange(h, device=x.device)
@@ -262,16 +266,26 @@ class BatchStream:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gather(self.next_indices())
+
+    def next_indices(self) -> torch.Tensor:
+        """The next batch's sample indices (CPU), advancing the position."""
         end = self.index + (self.batch_size if self.drop_last else 1)
         if end > len(self.perm):
             self.epoch += 1
             self.index = 0
             self.perm = torch.randperm(len(self.data.y_train), generator=self.order_gen)
-        idx = self.perm[self.index : self.index + self.batch_size].to(self.data.x_train.device)
+        idx = self.perm[self.index : self.index + self.batch_size]
         self.index += len(idx)
+        return idx
+
+    def gather(self, idx: torch.Tensor, part: tuple[int, int] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (augmented) samples ``idx``; ``part`` as in ``random_crop_flip``."""
+        idx = idx.to(self.data.x_train.device)
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         if self.data.augment:
-            x = random_crop_flip(x, self.aug_gen, fill=self.data.pad_fill)
+            x = random_crop_flip(x, self.aug_gen, fill=self.data.pad_fill, part=part)
         return x, y
 
     def state_dict(self) -> dict:

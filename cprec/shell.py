@@ -231,11 +231,13 @@ def check_run_dir_free(argv: list[str]) -> None:
 
 
 def check_launcher(argv: list[str]) -> None:
-    """hydra/launcher=slurm needs SLURM's tools on this machine (a login node): without them
-    submitit ends in a traceback after the sweep dir exists, so say so first, in one line."""
-    if arg_value(argv, "hydra/launcher") == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
-        fail_line("hydra/launcher=slurm is invalid: SLURM's sbatch/srun are not on this machine's PATH; "
-                  "run the command on the cluster's login node, or rehearse with hydra/launcher=local")
+    """hydra/launcher=slurm (or slurm_ddp) needs SLURM's tools on this machine (a login node):
+    without them submitit ends in a traceback after the sweep dir exists, so say so first."""
+    launcher = str(arg_value(argv, "hydra/launcher"))
+    if launcher.startswith("slurm") and not (shutil.which("sbatch") and shutil.which("srun")):
+        fail_line(f"hydra/launcher={launcher} is invalid: SLURM's sbatch/srun are not on this "
+                  "machine's PATH; run the command on the cluster's login node, or rehearse with "
+                  "hydra/launcher=local")
         sys.exit(2)
 
 

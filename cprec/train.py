@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cprec.config import register_schemas, to_train_config
+from cprec.distributed import launched_env
 from cprec.paths import config_dir
 from cprec.shell import is_multirun, output_dir, parallel_threads, run_task, shell_main
 
@@ -20,10 +21,16 @@ def hydra_main(cfg: DictConfig) -> None:
         typed = to_train_config(cfg)  # validates before any work
         if typed.trainer.threads is None:
             typed.trainer.threads = parallel_threads()
-        from cprec.engine import run_train  # torch is imported only when training
+        if typed.trainer.devices > 1 or launched_env() is not None:
+            from cprec.distributed import run_data_parallel
 
-        summary = run_train(typed, out_dir)
-        if not is_multirun():  # a sweep lists its jobs once, at the end
+            summary = run_data_parallel(typed, out_dir)
+        else:
+            from cprec.engine import run_train  # torch is imported only when training
+
+            summary = run_train(typed, out_dir)
+        # a sweep lists its jobs once, at the end; one rank of a launched group: rank 0 prints
+        if not is_multirun() and (launched_env() or (0,))[0] == 0:
             from cprec.console import result_block
 
             print(result_block(summary, out_dir), flush=True)
@@ -31,6 +38,9 @@ def hydra_main(cfg: DictConfig) -> None:
 
     def failed(message: str) -> None:
         from cprec.runs import SUMMARY, write_json
+
+        if (launched_env() or (0,))[0] != 0:  # one rank of a group: rank 0 writes
+            return
 
         write_json(output_dir() / SUMMARY, {
             "status": "failed", "error": message, "seed": cfg.get("seed"),

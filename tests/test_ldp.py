@@ -150,3 +150,10 @@ def test_bad_ldp_input_is_one_line_exit_2(tmp_path, args, needle) -> None:
     assert out.returncode == 2, out.stderr
     assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_schedule_preview_refuses_a_learned_schedule(tmp_path) -> None:
+    """`cprec schedule schedule=ldp`: its bits are learned, so one line, exit 2, nothing written."""
+    out = run_cli(["schedule", "model=mlp", "schedule=ldp", "hydra.run.dir=run"], tmp_path)
+    assert out.returncode == 2 and "learned per layer" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

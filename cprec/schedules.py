@@ -187,12 +187,18 @@ def check_learned(cfg: ScheduleConfig) -> None:
 
 
 def check_learned_format(cfg) -> None:
-    """A learned precision needs fixed point: a float format's width is fixed."""
+    """A learned precision needs fixed point (a float format's width is fixed) and one process
+    (its p gradients are not all-reduced across data-parallel ranks yet)."""
     from cprec.config import require
 
-    require(cfg.schedule.kind not in LEARNED_KINDS or cfg.quant.format == "fixed", "quant.format",
-            cfg.quant.format, f"schedule={cfg.schedule.name} learns fixed-point bits per layer; "
-            "use quant.format=fixed")
+    if cfg.schedule.kind not in LEARNED_KINDS:
+        return
+    require(cfg.quant.format == "fixed", "quant.format", cfg.quant.format,
+            f"schedule={cfg.schedule.name} learns fixed-point bits per layer; use quant.format=fixed")
+    devices = getattr(cfg.trainer, "devices", 1)
+    require(devices in (None, 1), "trainer.devices", devices,
+            f"schedule={cfg.schedule.name} trains in one process (its per-layer precisions are "
+            "not all-reduced across ranks yet); use trainer.devices=1")
 
 
 def check_fits_run(cfg: ScheduleConfig, total_steps: int) -> None:

@@ -17,6 +17,7 @@ from cprec.bounds import resolve_bounds
 from cprec.config import ScheduleConfig, TrainConfig, TrainerConfig
 from cprec.cost import CostLedger, measure_macs
 from cprec.errors import ConfigError
+from cprec.ldp import learned_precision
 from cprec.models import build_model
 from cprec.optim import build_lr_scheduler, build_optimizer
 from cprec.precision import ScheduledPrecision, last_layer_rule
@@ -116,7 +117,7 @@ class RunParts(ModelParts):
 
     plan: RunPlan
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    precision: ScheduledPrecision
+    precision: ScheduledPrecision  # or ldp.LearnedPrecision (same methods)
 
     @property
     def total_steps(self) -> int:
@@ -130,5 +131,6 @@ def build_run(cfg: TrainConfig) -> RunParts:
     plan = plan_run(cfg, core.task.n_train, bounds)
     lr_scheduler = build_lr_scheduler(core.optimizer, plan.total_steps, cfg.optim, plan.lr_start)
     last = last_layer_rule(core.model, cfg.quant.last_bits, core.task.info.classes, plan.schedule)
-    precision = ScheduledPrecision(plan.schedule, core.model, last, cfg.trainer.eval_bits)
+    precision = (learned_precision(cfg, plan.schedule, core.model, core.ledger.macs, last)
+                 or ScheduledPrecision(plan.schedule, core.model, last, cfg.trainer.eval_bits))
     return RunParts(**vars(core), plan=plan, lr_scheduler=lr_scheduler, precision=precision)

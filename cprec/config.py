@@ -58,7 +58,7 @@ class DatasetConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "fp32"
-    kind: str = "fp32"  # fp32 | static | cyclic | deficit
+    kind: str = "fp32"  # fp32 | static | cyclic | deficit | ldp | cpt_ldp
     bits: int = 8  # static forward bits
     bw_bits: int = 8  # backward (error) bits; the top of their range when bw_min_bits is set
     bw_min_bits: int | None = None  # cyclic: errors cycle bw_min_bits..bw_bits; null = fixed
@@ -74,6 +74,16 @@ class ScheduleConfig:
     ties: str = "exact"  # rint of the exact value | float: of the float64 value, as their code
     bounds: str = "auto"  # auto | prt | config
     deficit_steps: int = 0  # deficit: steps at min_bits before switching to max_bits
+    # learned precision (ldp, cpt_ldp; cprec/ldp.py, README "Learnable dynamic precision"):
+    # training cost per step as a fraction of the same step at max_bits / bw_bits
+    target_cost: float = 0.6
+    p_init: float = 0.0  # initial p_l in [0, 1] (ldp: 0 = min_bits; cpt_ldp: 0.5 = no offset)
+    p_lr: float = 0.05  # SGD on the (normalised) precision gradients
+    p_momentum: float = 0.0
+    cost_push: str = "both"  # both: push down above the target, up below | down: only down
+    push_strength: float = 1.0  # lambda: the push of a layer is lambda * L * its cost share
+    warmup: float = 0.1  # fraction of the steps before the achieved cost is held to the target
+    max_offset: int = 2  # cpt_ldp: learned per-layer offset d_l in [-max_offset, max_offset]
 
 
 @dataclass
@@ -311,12 +321,13 @@ def validate(cfg: TrainConfig) -> None:
     from cprec.loggers import SINKS
     from cprec.loss_scale import check_loss_scale
     from cprec.optim import check_optim
-    from cprec.schedules import check_schedule
+    from cprec.schedules import check_learned_format, check_schedule
 
     check_trainer(cfg.trainer)
     check_dataset(cfg.dataset)
     check_optim(cfg.optim)
     check_schedule(cfg.schedule)
+    check_learned_format(cfg)
     check_quant(cfg.quant)
     check_prt(cfg.prt)
     check_loss_scale(cfg)

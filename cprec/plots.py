@@ -92,8 +92,8 @@ def schedule_curve(summary: dict) -> tuple[list[int], list[int], list[int]] | No
     from cprec.schedules import PrecisionSchedule  # torch-free
 
     spec = summary.get("schedule_spec")
-    if not isinstance(spec, dict):
-        return None
+    if not isinstance(spec, dict) or spec.get("kind") in ("ldp", "cpt_ldp"):
+        return None  # learned per layer: the layer heatmap (ldp_plots.py) shows those bits
     sched = PrecisionSchedule.from_spec(spec)
     steps = list(range(0, sched.total_steps, max(1, sched.total_steps // MAX_CURVE_POINTS)))
     bits = [sched.bits_at(t) for t in steps]

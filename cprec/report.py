@@ -283,6 +283,11 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
             name = plotting.run_plot_name(run.label, run.summary.get("seed"), used)
             if plotting.run_curves(run.path, run.summary, run.label, out / "runs" / name):
                 run.plot = f"runs/{name}"
+            if "layer_bits_final" in run.summary:  # a learned precision (ldp, cpt_ldp)
+                from cprec.ldp_plots import layer_bits_heatmap
+
+                layer_bits_heatmap(run.path, run.summary, run.label,
+                                   out / "runs" / name.replace(".png", "-layer_bits.png"))
     text = markdown(rows, runs)
     write_text(out / "report.md", text)
     table = io.StringIO(newline="")

@@ -23,12 +23,16 @@ def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
 
     from cprec.build import plan_run
     from cprec.cost import measure_macs
+    from cprec.errors import ConfigError
     from cprec.models import build_model
     from cprec.plots import schedule_bits
     from cprec.quant import build_quantized, quant_layers
-    from cprec.schedules import relative_cost_of
+    from cprec.schedules import LEARNED_KINDS, relative_cost_of
     from cprec.tasks import task_shape
 
+    if cfg.schedule.kind in LEARNED_KINDS:
+        raise ConfigError("schedule", cfg.schedule.name, "its bits are learned per layer in "
+                          "training, so there is nothing to preview; the run's report draws them")
     plan = plan_run(cfg)
     schedule, total = plan.schedule, plan.total_steps
     info = task_shape(cfg.dataset)[0]

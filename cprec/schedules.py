@@ -20,7 +20,10 @@ from cprec.errors import ConfigError
 if TYPE_CHECKING:
     from cprec.config import ScheduleConfig
 
-KINDS = ("fp32", "static", "cyclic", "deficit")
+KINDS = ("fp32", "static", "cyclic", "deficit", "ldp", "cpt_ldp")
+LEARNED_KINDS = ("ldp", "cpt_ldp")  # per-layer precision learned in training (cprec/ldp.py)
+CYCLIC_KINDS = ("cyclic", "cpt_ldp")  # a CPT cycle drives the (base) forward bits
+COST_PUSH = ("both", "down")
 # which way each cycle runs: growth rises every cycle (CPT; Better Schedules X_growth),
 # fall_rise falls on cycles 0, 2, ... and rises on 1, 3, ... (Better Schedules X_decay);
 # cprec's own: falling falls every cycle, rise_fall rises on cycles 0, 2, ... and falls on 1, 3, ...
@@ -159,11 +162,48 @@ def check_schedule(cfg: ScheduleConfig) -> None:
     require(cfg.cycles > 0, "schedule.cycles", cfg.cycles, "must be a positive number of cycles")
     require_choice("schedule.bounds", cfg.bounds, BOUNDS_MODES)
     require(cfg.deficit_steps >= 0, "schedule.deficit_steps", cfg.deficit_steps, "must be >= 0")
+    check_learned(cfg)
+
+
+def check_learned(cfg: ScheduleConfig) -> None:
+    """The learned-precision settings (ldp, cpt_ldp): checked for every kind, since they
+    have valid defaults; the bounds must leave something to learn."""
+    from cprec.config import require, require_choice
+
+    require(0 < cfg.target_cost <= 1, "schedule.target_cost", cfg.target_cost,
+            "must be in (0, 1]: the training cost per step as a fraction of the same step at "
+            "max_bits/bw_bits")
+    require(cfg.max_offset >= 0, "schedule.max_offset", cfg.max_offset, "must be >= 0 bits")
+    require(0 <= cfg.p_init <= 1, "schedule.p_init", cfg.p_init, "must be in [0, 1]")
+    require(cfg.p_lr > 0, "schedule.p_lr", cfg.p_lr, "must be positive")
+    require(0 <= cfg.p_momentum < 1, "schedule.p_momentum", cfg.p_momentum, "must be in [0, 1)")
+    require(cfg.push_strength >= 0, "schedule.push_strength", cfg.push_strength, "must be >= 0")
+    require(0 <= cfg.warmup < 1, "schedule.warmup", cfg.warmup, "must be a fraction in [0, 1)")
+    require_choice("schedule.cost_push", cfg.cost_push, COST_PUSH)
+    if cfg.kind in LEARNED_KINDS:
+        require(cfg.min_bits < cfg.max_bits, "schedule.min_bits", cfg.min_bits,
+                f"must be below schedule.max_bits={cfg.max_bits} for a learned precision "
+                f"(schedule={cfg.name})")
+
+
+def check_learned_format(cfg) -> None:
+    """A learned precision needs fixed point (a float format's width is fixed) and one process
+    (its p gradients are not all-reduced across data-parallel ranks yet)."""
+    from cprec.config import require
+
+    if cfg.schedule.kind not in LEARNED_KINDS:
+        return
+    require(cfg.quant.format == "fixed", "quant.format", cfg.quant.format,
+            f"schedule={cfg.schedule.name} learns fixed-point bits per layer; use quant.format=fixed")
+    devices = getattr(cfg.trainer, "devices", 1)
+    require(devices in (None, 1), "trainer.devices", devices,
+            f"schedule={cfg.schedule.name} trains in one process (its per-layer precisions are "
+            "not all-reduced across ranks yet); use trainer.devices=1")
 
 
 def check_fits_run(cfg: ScheduleConfig, total_steps: int) -> None:
     """A schedule must fit the run's length; the message says how to make a short run fit."""
-    if cfg.kind == "cyclic" and cfg.cycles > total_steps:
+    if cfg.kind in CYCLIC_KINDS and cfg.cycles > total_steps:
         raise ConfigError("schedule.cycles", cfg.cycles,
                           f"{cfg.cycles} cycles need at least {cfg.cycles} training steps and the run "
                           f"has {total_steps}; set schedule.cycles=<n> with n <= {total_steps} "
@@ -206,6 +246,8 @@ class PrecisionSchedule:
             return self.bits, self.bw_bits
         if self.kind == "deficit":
             return (self.min_bits if step < self.deficit_steps else self.max_bits), self.bw_bits
+        if self.kind == "ldp":  # learned per layer (cprec/ldp.py); the top of its range here
+            return self.max_bits, self.bw_bits
         bw = self.bw_bits if self.bw_min_bits is None else self._cyclic(step, self.bw_min_bits, self.bw_bits)
         return self._cyclic(step, self.min_bits, self.max_bits), bw
 

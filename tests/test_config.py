@@ -27,7 +27,8 @@ def test_groups_are_populated() -> None:
     assert set(options("dataset")) == {"digits", "fashion_mnist", "mnist", "cifar10", "cifar100",
                                        "synthetic"}
     assert {"fp32", "static", "cpt_cosine", "deficit"} <= set(options("schedule"))
-    assert len([s for s in options("schedule") if s.startswith("cpt_")]) == 12
+    assert len([s for s in options("schedule") if s.startswith("cpt_") and s != "cpt_ldp"]) == 12
+    assert {"ldp", "cpt_ldp"} <= set(options("schedule"))
     assert set(options("schedule")) >= {f"{p}_{s}" for p in ("cos", "linear", "exp", "demon")
                                         for s in ("growth", "decay")}  # Better Schedules' names
 

@@ -135,9 +135,11 @@ class QConv2d(QuantMixin, nn.Conv2d):
         return _QuantizedConv2d.apply(x, self.weight, self.bias, xq, wq, self, rounding)
 
     def _one_node_ok(self, x: torch.Tensor) -> bool:
-        """_QuantizedConv2d covers training steps of zero-padded convs with int padding."""
+        """_QuantizedConv2d covers training steps of zero-padded convs with int padding whose
+        quantizer routes no gradient of its own (a learned precision's does: cprec/ldp.py)."""
         return (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-                and self.padding_mode == "zeros" and not isinstance(self.padding, str))
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and getattr(self.quantizer, "one_node", True))
 
 
 class QLinear(QuantMixin, nn.Linear):

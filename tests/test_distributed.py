@@ -167,7 +167,11 @@ def test_slurm_tasks_form_the_group(monkeypatch: pytest.MonkeyPatch) -> None:
     """One task of a SLURM step of 8 is rank SLURM_PROCID of 8, its GPU SLURM_LOCALID; the
     master is the job's first node."""
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+        # set, then delete: monkeypatch then restores the key's absence after the test, also
+        # when launched_env() sets it (a leaked RANK makes later cprec subprocesses wait
+        # for a group that never forms)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_PROCID", "5")
     monkeypatch.setenv("SLURM_LOCALID", "5")

@@ -147,12 +147,11 @@ class DistributedTrainer(Trainer):
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def _due(self, stop: list[int]) -> tuple[bool, bool]:
-        """A signal seen by any rank stops every rank after the same step."""
-        signum = int(_sum([float(stop[0] if stop else 0)], self.device, dist.ReduceOp.MAX)[0])
-        if signum and not stop:
-            stop.append(signum)
-        return super()._due(stop)
+    def _stop_signal(self, stop: list[int]) -> int:
+        """A signal seen by any rank by this step stops every rank after it: the ranks agree
+        on one value (a signal arriving after the agreement waits for the next step)."""
+        local = super()._stop_signal(stop)
+        return int(_sum([float(local)], self.device, dist.ReduceOp.MAX)[0])
 
     def _own_state(self) -> dict:
         p = self.parts

@@ -128,11 +128,16 @@ class Trainer(Checkpointing):
         return record
 
     # -- the loop ------------------------------------------------------------------------
-    def _due(self, stop: list[int]) -> tuple[bool, bool]:
+    def _stop_signal(self, stop: list[int]) -> int:
+        """The signal that stops the run after this step (0: none), read once per step: the
+        loop acts on this value, never on the live list a handler may append to meanwhile."""
+        return stop[0] if stop else 0
+
+    def _due(self, signum: int) -> tuple[bool, bool]:
         """(evaluate now, checkpoint now) after the step just taken."""
         step = self.loop.step
         end = step == self.parts.total_steps
-        return step % self.eval_every == 0 or end, step % self.checkpoint_every == 0 or end or bool(stop)
+        return step % self.eval_every == 0 or end, step % self.checkpoint_every == 0 or end or bool(signum)
 
     def _loop(self, progress: Progress, last: dict | None) -> tuple[str, dict | None]:
         """Steps until the end, a signal or divergence: (status, last metrics record)."""
@@ -140,7 +145,8 @@ class Trainer(Checkpointing):
         with logs_above_bar(), stop_requests() as stop:
             while self.loop.step < self.parts.total_steps:
                 self.train_one_step(progress)
-                at_eval, at_ckpt = self._due(stop)
+                signum = self._stop_signal(stop)
+                at_eval, at_ckpt = self._due(signum)
                 if self.loop.step % PROGRESS_EVERY == 0 or at_eval or at_ckpt:
                     if not self.window.finite():  # before any checkpoint: the last good one stays
                         status = "diverged"
@@ -151,10 +157,10 @@ class Trainer(Checkpointing):
                     last = self.evaluate_and_log()
                 if at_ckpt:
                     self.save_checkpoint()
-                if stop:
+                if signum:
                     status = "interrupted"
                     log.warning("signal %d: checkpoint written at step %d; resume with "
-                                "cprec train resume=%s", stop[0], self.loop.step, self.out_dir)
+                                "cprec train resume=%s", signum, self.loop.step, self.out_dir)
                     break
         return status, last
 

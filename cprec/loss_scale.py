@@ -56,6 +56,9 @@ def check_loss_scale(cfg: TrainConfig) -> None:
     for key in ("accum_bound", "layer_bound"):
         bound = getattr(ls, key)
         require(bound is None or bound >= 1, f"loss_scale.{key}", bound, "must be >= 1 or null")
+    require(ls.name != "dynamic" or cfg.trainer.devices == 1, "loss_scale", ls.name,
+            "each rank finds overflows in its own errors, so the ranks would skip different "
+            "steps; with trainer.devices > 1 use loss_scale=static or adaptive")
     if ls.name == "none" and not ls.telemetry:
         return
     key, value = ("loss_scale", ls.name) if ls.name != "none" else ("loss_scale.telemetry", True)

@@ -181,7 +181,8 @@ def test_train_yaml_repeats_no_schema_section() -> None:
 # changed per model (Better Schedules' MobileNetV2: forward 4..8 bits, lr 0.03)
 # (CPT's ResNet-110: a 400-step warm-up at lr 0.01)
 PRESET_EXTRAS = {"cpt_cifar": {"optim": {"warmup_steps", "warmup_lr"}},
-                 "bps_cifar": {"schedule": {"min_bits", "max_bits"}, "optim": {"lr"}}}
+                 "bps_cifar": {"schedule": {"min_bits", "max_bits"}, "optim": {"lr"}},
+                 "bps_critical": {}}
 
 
 @pytest.mark.parametrize("name", options("experiment"))
@@ -192,7 +193,7 @@ def test_presets_state_only_model_and_dataset(name: str) -> None:
     import yaml
 
     raw = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
-    recipe = "bps_cifar" if name.startswith("bps_") else "cpt_cifar"
+    recipe = raw["defaults"][0].removeprefix("/recipe/")
     if recipe == "cpt_cifar":
         assert set(raw.pop("paper")) == {"source", "results"}
     entries = [next(iter(e)) if isinstance(e, dict) else e for e in raw["defaults"]]
@@ -292,3 +293,15 @@ def test_presets_keep_the_paper_bounds_beside_a_prt_result(compose, tmp_path) ->
     auto = plan_run(compose(["experiment=cifar10_resnet74", f"output_root={tmp_path}",
                              "schedule.bounds=auto"]))
     assert auto.schedule.fw_range == (5, 7)
+
+
+def test_critical_period_probe_preset(compose) -> None:
+    """experiment=bps_critical_cifar10_resnet74 is crit_learn.py's run: K = 16000 steps at 3 bits
+    on top of 256k steps at 8, the lr schedule starting after them, no weight decay."""
+    from cprec.build import plan_run
+
+    cfg = compose(["experiment=bps_critical_cifar10_resnet74"])
+    assert (cfg.schedule.kind, cfg.schedule.deficit_steps, cfg.optim.weight_decay) == ("deficit", 16000, 0.0)
+    plan = plan_run(cfg)
+    assert (plan.total_steps, plan.lr_start) == (272000, 16000)
+    assert [plan.schedule.bits_at(s) for s in (0, 15999, 16000)] == [(3, 8), (3, 8), (8, 8)]

@@ -24,12 +24,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from cprec import runs
 from cprec.build import RunParts
-from cprec.data import BatchStream, eval_batches
+from cprec.data import BatchStream
 from cprec.engine import Trainer
 from cprec.errors import CprecError
 from cprec.rng import rng_state, set_rng_state
@@ -95,19 +94,11 @@ class ShardedTask(ClassificationTask):
     def new_window(self) -> ReducedWindow:
         return ReducedWindow(self.device)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         n = len(self.data.y_test)
         lo, hi = shard_bounds(n, self.rank, self.world)
-        loss_sum, correct = torch.zeros((), device=self.data.x_test.device, dtype=torch.float64), 0
-        for x, y in eval_batches(self.data.x_test[lo:hi], self.data.y_test[lo:hi], batch_size):
-            out = model(x)
-            loss_sum += F.cross_entropy(out, y, reduction="sum")
-            correct += int((out.argmax(1) == y).sum())
-        model.train(was_training)
-        loss, right = _sum([float(loss_sum), correct], self.device)
+        loss_sum, correct = self.score(model, batch_size, slice(lo, hi), torch.float64)
+        loss, right = _sum([loss_sum, correct], self.device)
         return {"test_loss": loss / n, "test_acc": right / n}
 
 

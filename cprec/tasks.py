@@ -144,17 +144,23 @@ class ClassificationTask(Task):
         return AccuracyWindow(self.device)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
+    def score(self, model: nn.Module, batch_size: int, part: slice = slice(None),
+              dtype: torch.dtype = torch.float32) -> tuple[float, int]:
+        """(summed loss, correct predictions) over test samples ``part``, in eval mode."""
         was_training = model.training
         model.eval()
-        loss_sum, correct = torch.zeros((), device=self.data.x_test.device), 0
-        for x, y in eval_batches(self.data.x_test, self.data.y_test, batch_size):
+        loss_sum, correct = torch.zeros((), device=self.data.x_test.device, dtype=dtype), 0
+        for x, y in eval_batches(self.data.x_test[part], self.data.y_test[part], batch_size):
             out = model(x)
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += int((out.argmax(1) == y).sum())
         model.train(was_training)
+        return float(loss_sum), correct
+
+    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
+        loss_sum, correct = self.score(model, batch_size)
         n = len(self.data.y_test)
-        return {"test_loss": float(loss_sum) / n, "test_acc": correct / n}
+        return {"test_loss": loss_sum / n, "test_acc": correct / n}
 
     def sample_input(self) -> torch.Tensor:
         return self.data.x_train[:1]

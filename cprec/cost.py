@@ -18,10 +18,13 @@ from cprec.quant import compute_layers
 FULL_PRECISION_BITOPS = 32 * 32 * 3
 
 
-def measure_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
+def measure_macs(model: nn.Module, sample: torch.Tensor | tuple) -> dict[str, int]:
     """MACs per sample of every Conv2d/Linear, from the shapes of a real forward pass.
 
-    ``sample`` is a batch of one real input; the model's state is left untouched.
+    ``sample`` is a batch of one real input (its first sample is used), or a tuple of the
+    forward's arguments for one sample (token windows with a state, a whole graph). A layer
+    called several times (an LSTM cell over time steps) sums its calls. The model's state is
+    left untouched.
     """
     macs: dict[str, int] = {}
     hooks = []
@@ -34,7 +37,7 @@ def measure_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
     model.eval()
     try:
         with torch.no_grad():
-            model(sample[:1])
+            model(*sample) if isinstance(sample, tuple) else model(sample[:1])
     finally:
         model.train(was_training)
         for h in hooks:

@@ -16,10 +16,9 @@ def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
 
     schedule.csv holds the bits of every training step (``step,bits_fw,bits_bw``, steps from
     0); schedule.json names it and the PNG, and is written last. The relative cost uses the
-    model's MACs per layer (measured on a dummy input of the dataset's shape), so first/last
+    model's MACs per layer (measured on a dummy input of the task's shape), so first/last
     full-precision layers count as they will in the run.
     """
-    import torch
 
     from cprec.build import plan_run
     from cprec.cost import measure_macs
@@ -28,16 +27,17 @@ def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
     from cprec.plots import schedule_bits
     from cprec.quant import build_quantized, quant_layers
     from cprec.schedules import LEARNED_KINDS, relative_cost_of
-    from cprec.tasks import task_shape
+    from cprec.tasks import task_family
 
     if cfg.schedule.kind in LEARNED_KINDS:
         raise ConfigError("schedule", cfg.schedule.name, "its bits are learned per layer in "
                           "training, so there is nothing to preview; the run's report draws them")
     plan = plan_run(cfg)
     schedule, total = plan.schedule, plan.total_steps
-    info = task_shape(cfg.dataset)[0]
+    family = task_family(cfg.dataset.name)
+    info = family.shape(cfg.dataset)[0]
     model, _ = build_quantized(build_model(cfg.model, info), cfg.quant, cfg.seed)
-    macs = measure_macs(model, torch.zeros(1, info.channels, info.size, info.size))
+    macs = measure_macs(model, family.dummy_input(info))
     rel = relative_cost_of(schedule, macs, set(quant_layers(model)))
     bits = [schedule.bits_at(t) for t in range(total)]
     result = {"schedule": cfg.schedule.name, "total_steps": total, **schedule.bit_ranges(),

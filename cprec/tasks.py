@@ -9,6 +9,8 @@ graph with masks) implements the same methods.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,7 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.config import DatasetConfig, TrainConfig
-from cprec.data import BatchStream, Dataset, DatasetInfo, build_dataset, dataset_shape, eval_batches
+from cprec.data import (
+    DATASETS,
+    BatchStream,
+    Dataset,
+    DatasetInfo,
+    build_dataset,
+    dataset_shape,
+    eval_batches,
+)
+from cprec.errors import ConfigError
 
 
 class TrainWindow(ABC):
@@ -74,8 +85,9 @@ class Task(ABC):
         """Test metrics, at least ``test_loss`` and ``test_<metric>``; not training cost."""
 
     @abstractmethod
-    def sample_input(self) -> torch.Tensor:
-        """One real input, for measuring MACs from real shapes."""
+    def sample_input(self) -> Any:
+        """The model's input for one sample (a tensor batch of one, or a tuple of the
+        forward's arguments), for measuring MACs per sample from real shapes."""
 
     @abstractmethod
     def state_dict(self) -> dict: ...
@@ -172,12 +184,47 @@ class ClassificationTask(Task):
         self.stream.load_state_dict(state)
 
 
+@dataclass(frozen=True)
+class TaskFamily:
+    """How a group of datasets becomes a task: its shape without loading the data (schedule
+    previews, run plans), the task itself, and a dummy model input of the right shape.
+
+    ``shape`` gives the training samples n such that ``build.steps_per_epoch(n, batch_size,
+    drop_last)`` is the built task's ``steps_per_epoch`` (plan_run counts steps from it).
+    """
+
+    shape: Callable[[DatasetConfig], tuple[DatasetInfo, int]]
+    build: Callable[[TrainConfig, torch.device, int], Task]
+    dummy_input: Callable[[DatasetInfo], Any]
+
+
+def _images() -> TaskFamily:
+    def build(cfg: TrainConfig, device: torch.device, batch_size: int) -> Task:
+        data = build_dataset(cfg.dataset).to(device)
+        return ClassificationTask(data, batch_size, cfg.seed, device, cfg.trainer.drop_last)
+
+    return TaskFamily(dataset_shape, build,
+                      lambda info: torch.zeros(1, info.channels, info.size, info.size))
+
+
+# dataset name -> its task family, built on first use (a family may import optional packages)
+FAMILIES: dict[str, Callable[[], TaskFamily]] = {
+    **{name: _images for name in DATASETS},
+}
+
+
+def task_family(name: str) -> TaskFamily:
+    """The family of dataset ``name``; an unknown name is a one-line config error."""
+    if name not in FAMILIES:
+        raise ConfigError("dataset.name", name, f"choose one of {sorted(FAMILIES)}")
+    return FAMILIES[name]()
+
+
 def task_shape(cfg: DatasetConfig) -> tuple[DatasetInfo, int]:
     """(shape of one sample and classes, training samples) without loading the data."""
-    return dataset_shape(cfg)
+    return task_family(cfg.name).shape(cfg)
 
 
 def build_task(cfg: TrainConfig, device: torch.device, batch_size: int) -> Task:
     """The task for ``cfg.dataset``, its data loaded onto ``device``."""
-    data = build_dataset(cfg.dataset).to(device)
-    return ClassificationTask(data, batch_size, cfg.seed, device, cfg.trainer.drop_last)
+    return task_family(cfg.dataset.name).build(cfg, device, batch_size)

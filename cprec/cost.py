@@ -31,7 +31,7 @@ def measure_macs(model: nn.Module, sample: torch.Tensor | tuple) -> dict[str, in
     for name, layer in compute_layers(model).items():
         def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor, name: str = name) -> None:
             per_out = mod.weight[0].numel()  # (cin/groups)*kh*kw for conv, in_features for linear
-            macs[name] = macs.get(name, 0) + out[0].numel() * per_out
+            macs[name] = macs.get(name, 0) + out.numel() * per_out  # a batch of one sample
         hooks.append(layer.register_forward_hook(hook))
     was_training = model.training
     model.eval()

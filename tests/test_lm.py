@@ -235,7 +235,8 @@ def test_cli_missing_corpus_files_is_one_line_exit_2(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_trains_an_lstm_and_reports_perplexity(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_cli(["train", "-m", *LM, "schedule=fp32,static", f"hydra.sweep.dir={sweep}"], tmp_path)
+    proc = run_cli(["train", "-m", *LM, "schedule=fp32,static", f"hydra.sweep.dir={sweep}",
+                    "hydra.sweep.subdir=${hydra.job.num}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run_cli(["report", str(sweep)], tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -243,3 +244,18 @@ def test_cli_trains_an_lstm_and_reports_perplexity(tmp_path: Path) -> None:
     report = json.loads((sweep / "report" / "report.json").read_text())
     assert all(g["final_ppl_mean"] > 1 for g in report["groups"])
     assert (sweep / "report" / "perplexity_vs_gbitops.png").is_file()
+
+
+def test_report_pareto_front_of_perplexity_is_lower_is_better(tmp_path: Path) -> None:
+    from cprec.report import Group, Run, markdown, mark_pareto
+
+    def group(label: str, ppl: float, gbitops: float) -> Group:
+        summary = {"status": "completed", "final_ppl": ppl, "best_ppl": ppl, "gbitops": gbitops}
+        return Group(label, [Run(tmp_path / label, summary, {"schedule": label})])
+
+    groups = [group("fp32", 5.0, 100.0), group("static", 5.5, 10.0), group("cpt", 5.4, 8.0),
+              group("worse", 6.0, 9.0)]
+    mark_pareto(groups)
+    assert [g.pareto for g in groups] == [True, False, True, False]
+    table = markdown([g.stats() for g in groups], [r for g in groups for r in g.runs])
+    assert "| final ppl | best ppl |" in table and "| 5.40 ± 0.00 | 5.40 ± 0.00 |" in table

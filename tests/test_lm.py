@@ -259,3 +259,15 @@ def test_report_pareto_front_of_perplexity_is_lower_is_better(tmp_path: Path) ->
     assert [g.pareto for g in groups] == [True, False, True, False]
     table = markdown([g.stats() for g in groups], [r for g in groups for r in g.runs])
     assert "| final ppl | best ppl |" in table and "| 5.40 ± 0.00 | 5.40 ± 0.00 |" in table
+
+
+@pytest.mark.slow
+def test_cli_refuses_data_parallel_language_models(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_cli(["train", "model=lstm", "dataset=tiny_shakespeare", "model.hidden=16",
+                    "dataset.bptt=8", "trainer.devices=2", "trainer.steps=4", "schedule=static",
+                    "trainer.progress=false", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("cprec: error: trainer.devices=2 is invalid: data-parallel training "
+                                   "supports classification tasks, not LanguageModelTask")
+    assert not (run_dir / "summary.json").exists()

@@ -33,7 +33,7 @@ from cprec.corpora import Corpus, load_corpus
 from cprec.data import DatasetInfo
 from cprec.errors import ConfigError, DataError
 from cprec.models import LANGUAGE_MODELS
-from cprec.tasks import Task, TaskFamily, TrainWindow
+from cprec.tasks import AccuracyWindow, Task, TaskFamily
 
 EVAL_STREAMS = 10
 
@@ -57,36 +57,19 @@ def lm_shape(cfg: DatasetConfig) -> tuple[DatasetInfo, int]:
     return DatasetInfo(cfg.name, 1, cfg.bptt, len(corpus.vocab)), windows
 
 
-class PerplexityWindow(TrainWindow):
-    """Mean token loss, perplexity and next-token accuracy since the last evaluation."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        self.correct = torch.zeros((), device=device, dtype=torch.int64)
-        self.tokens = 0
+class PerplexityWindow(AccuracyWindow):
+    """Mean token loss, perplexity and next-token accuracy since the last evaluation
+    (``seen`` counts tokens)."""
 
     def add(self, loss: torch.Tensor, out: torch.Tensor, batch: tuple) -> None:
         y = batch[1]
         self.loss_sum += loss * y.numel()
         self.correct += (out.argmax(-1) == y).sum()
-        self.tokens += y.numel()
+        self.seen += y.numel()
 
     def record(self) -> dict[str, float]:
-        loss = float(self.loss_sum) / max(self.tokens, 1)
-        return {"train_loss": loss, "train_ppl": _ppl(loss),
-                "train_acc": int(self.correct) / max(self.tokens, 1)}
-
-    def finite(self) -> bool:
-        return bool(torch.isfinite(self.loss_sum))
-
-    def state_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "tokens": self.tokens}
-
-    def load_state_dict(self, state: dict) -> None:
-        device = self.loss_sum.device
-        self.loss_sum = state["loss_sum"].to(device)
-        self.correct = state["correct"].to(device)
-        self.tokens = state["tokens"]
+        record = super().record()
+        return {**record, "train_ppl": _ppl(record["train_loss"])}
 
 
 def _ppl(loss: float) -> float:

@@ -247,7 +247,7 @@ def test_cli_trains_an_lstm_and_reports_perplexity(tmp_path: Path) -> None:
 
 
 def test_report_pareto_front_of_perplexity_is_lower_is_better(tmp_path: Path) -> None:
-    from cprec.report import Group, Run, markdown, mark_pareto
+    from cprec.report import Group, Run, mark_pareto, markdown
 
     def group(label: str, ppl: float, gbitops: float) -> Group:
         summary = {"status": "completed", "final_ppl": ppl, "best_ppl": ppl, "gbitops": gbitops}
@@ -271,3 +271,14 @@ def test_cli_refuses_data_parallel_language_models(tmp_path: Path) -> None:
     assert proc.stderr.strip() == ("cprec: error: trainer.devices=2 is invalid: data-parallel training "
                                    "supports classification tasks, not LanguageModelTask")
     assert not (run_dir / "summary.json").exists()
+
+
+def test_ptb_preset_is_the_classic_recipe(compose) -> None:
+    cfg = compose(["experiment=ptb_lstm"])
+    m, o, s, t = cfg.model, cfg.optim, cfg.schedule, cfg.trainer
+    assert (m.name, m.hidden, m.layers, m.dropout, m.tied) == ("lstm", 650, 2, 0.5, True)
+    assert (cfg.dataset.name, cfg.dataset.bptt, t.batch_size, t.epochs) == ("ptb", 35, 20, 40)
+    assert (o.name, o.lr, o.momentum, o.weight_decay, o.grad_clip, o.gamma) == ("sgd", 20.0, 0, 0, 0.25, 0.25)
+    assert (s.name, s.min_bits, s.max_bits, s.bw_bits, s.bounds) == ("cpt_cosine", 5, 8, 8, "config")
+    assert compose(["experiment=ptb_lstm", "schedule=static"]).schedule.bits == 8
+    assert compose(["experiment=shakespeare_lstm"]).model.hidden == 128

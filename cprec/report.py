@@ -256,9 +256,9 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
     lines += ["", f"mean ± {STD_NOTE}; * = on the Pareto front of {front} vs GBitOPs."]
     if papers:
         sources = sorted({r["paper_source"] for r in rows if r.get("paper")})
-        lines += ["", "paper: gains the preset's paper reports (best accuracy in points, cost in % "
-                  "of GBitOPs) over the named baseline; measured: the same from this report's "
-                  "runs. Sources: " + "; ".join(sources)]
+        lines += ["", "paper: gains the preset's paper reports (best accuracy in points or best "
+                  "perplexity, cost in % of GBitOPs) over the named baseline; measured: the same "
+                  "from this report's runs. Sources: " + "; ".join(sources)]
     bad_runs = [r for r in runs if r.status != "completed"]
     if bad_runs:
         lines += ["", f"runs that did not complete ({len(bad_runs)}):"]

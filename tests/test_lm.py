@@ -282,3 +282,18 @@ def test_ptb_preset_is_the_classic_recipe(compose) -> None:
     assert (s.name, s.min_bits, s.max_bits, s.bw_bits, s.bounds) == ("cpt_cosine", 5, 8, 8, "config")
     assert compose(["experiment=ptb_lstm", "schedule=static"]).schedule.bits == 8
     assert compose(["experiment=shakespeare_lstm"]).model.hidden == 128
+
+
+def test_ptb_paper_figures_stand_beside_the_measured_perplexity(compose) -> None:
+    from dataclasses import asdict
+
+    from cprec.reproduction import compare_with_papers, paper_figures
+
+    config = asdict(compose(["experiment=ptb_lstm"]))
+    fig = paper_figures(config, {"bits_fw_min": 5, "bits_fw_max": 8, "bits_bw": 8})
+    assert (fig.vs, fig.ppl_gain, fig.cost_saving, fig.acc_gain) == ("8/8", -0.56, 23.2, None)
+    rows = [{"best_ppl_mean": 96.0, "gbitops_mean": 77.0}, {"best_ppl_mean": 97.0, "gbitops_mean": 100.0}]
+    compare_with_papers(rows, [{"schedule": "cpt_cosine"}, {"schedule": "static"}], ["5-8/8", "8/8"],
+                        [fig, None])
+    assert rows[0]["paper"] == "-0.56 ppl, -23.20% cost vs 8/8"
+    assert rows[0]["measured"] == "-1.00 ppl, -23.00% cost vs 8/8"

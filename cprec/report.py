@@ -228,10 +228,11 @@ def _pm(mean: float | None, std: float | None, fmt: str, scale: float = 1.0) -> 
 
 def markdown(rows: list[dict], runs: list[Run]) -> str:
     """The table users read: accuracies in percent, mean ± sample std over seeds."""
-    head = ["group", "runs (ok/all)", "final acc %", "best acc %", "GBitOPs", "rel. cost",
-            "train time s", "Pareto"]
     ppl = [s for s in LM_STATS if any(r[f"{s}_mean"] is not None for r in rows)]
-    head[4:4] = [s.replace("_", " ") for s in ppl]
+    # accuracy columns unless every group is a language model (perplexity columns instead)
+    acc = [s for s in ("final_acc", "best_acc") if not ppl or any(headline(r)[0] == "acc" for r in rows)]
+    head = ["group", "runs (ok/all)", *[s.replace("_acc", " acc %") for s in acc],
+            *[s.replace("_", " ") for s in ppl], "GBitOPs", "rel. cost", "train time s", "Pareto"]
     scaling = [s for s in SCALING_STATS if any(r[f"{s}_mean"] is not None for r in rows)]
     head += [s.replace("_", " ") for s in scaling]
     papers = any(r.get("paper") for r in rows)
@@ -241,8 +242,7 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
     for r in rows:
         bad = ", ".join(f"{r[s]} {s}" for s in (*NOT_COMPLETED, "other") if r[s])
         count = f"{r['completed']}/{r['runs']}" + (f" ({bad})" if bad else "")
-        cells = [r["group"], count, _pm(r["final_acc_mean"], r["final_acc_std"], ".2f", 100),
-                 _pm(r["best_acc_mean"], r["best_acc_std"], ".2f", 100),
+        cells = [r["group"], count, *[_pm(r[f"{s}_mean"], r[f"{s}_std"], ".2f", 100) for s in acc],
                  *[_pm(r[f"{s}_mean"], r[f"{s}_std"], ".2f") for s in ppl],
                  _pm(r["gbitops_mean"], r["gbitops_std"], ".4g"),
                  _pm(r["relative_cost_mean"], r["relative_cost_std"], ".4f"),

@@ -77,24 +77,23 @@ def char_corpus(text: str, split: tuple[float, float] = SHAKESPEARE_SPLIT) -> Co
     return Corpus(vocab, ids[:a], ids[a:b], ids[b:])
 
 
-def _download(name: str, folder: Path, missing: list[str]) -> bool:
-    """Fetch the missing split files of ``name`` into ``folder``; False when that fails."""
-    if name not in SOURCES:
-        return False
+def _download(name: str, folder: Path, missing: list[str]) -> str | None:
+    """Fetch the missing split files of ``name`` into ``folder``; why that failed, or None."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for file in missing:
+        fetched = {}
+        for file in missing:  # everything in memory first: a failure leaves nothing behind
             url = SOURCES[name].format(split=file.removesuffix(".txt"))
             log.info("downloading %s", url)
             with urllib.request.urlopen(url, timeout=20) as r:
-                data = r.read()
+                fetched[file] = r.read()
+        folder.mkdir(parents=True, exist_ok=True)
+        for file, data in fetched.items():
             tmp = folder / (file + ".part")
             tmp.write_bytes(data)
             tmp.replace(folder / file)
     except OSError as e:
-        log.warning("download of %s failed: %s", name, e)
-        return False
-    return True
+        return f"the download from {SOURCES[name].split('/')[2]} failed ({getattr(e, 'reason', e)})"
+    return None
 
 
 def default_root(name: str) -> Path:
@@ -109,11 +108,13 @@ def read_standard(name: str, root: str | None, download: bool) -> dict[str, str]
     folder = Path(root).expanduser() if root else default_root(name)
     files = [f"{s}.txt" for s in SPLITS]
     missing = [f for f in files if not (folder / f).is_file()]
-    if missing and download and _download(name, folder, missing):
+    failed = None
+    if missing and download and name in SOURCES:
+        failed = _download(name, folder, missing)
         missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        how = ("; cprec can download it (dataset.download=true, online)" if name in SOURCES
-               else "; get it from its authors")
+        how = (f"; {failed}" if failed else "; cprec downloads it with dataset.download=true, online"
+               if name in SOURCES else "; get it from its authors")
         raise DataError(f"dataset {name}: {', '.join(missing)} not found in {folder} (the standard "
                         f"layout is train.txt valid.txt test.txt; set dataset.root=<folder>{how})")
     return {s: (folder / f"{s}.txt").read_text(encoding="utf-8") for s in SPLITS}

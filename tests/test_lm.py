@@ -52,6 +52,16 @@ def test_missing_standard_layout_files_are_named(tmp_path: Path) -> None:
         read_standard("wikitext103", str(tmp_path), download=True)
 
 
+def test_a_failed_download_is_named_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    def offline(url, timeout):
+        raise OSError("offline")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(DataError, match=r"the download from raw.githubusercontent.com failed \(offline\)"):
+        read_standard("ptb", str(tmp_path / "ptb"), download=True)
+    assert not (tmp_path / "ptb").exists()
+
+
 @needs_shared
 def test_wikitext2_standard_layout(tmp_path: Path) -> None:
     """The shared WikiText-2 valid/test files (valid read as the training split)."""

@@ -30,7 +30,12 @@ RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root
 class ModelConfig:
     name: str = "resnet20"
     width: int = 16  # channels of the first stage (CIFAR ResNets, lenet scale)
-    hidden: int = 256  # hidden units (mlp)
+    hidden: int = 256  # hidden units (mlp); embedding = hidden units (lstm, transformer_lm)
+    # language models (cprec/models/lstm.py, transformer_lm.py)
+    layers: int = 2  # LSTM layers / Transformer blocks
+    dropout: float = 0.0
+    tied: bool = True  # decoder weight tied to the embedding
+    heads: int = 4  # transformer_lm attention heads
 
 
 @dataclass
@@ -53,6 +58,8 @@ class DatasetConfig:
     channels: int = 3
     size: int = 32
     classes: int = 10
+    # language models (cprec/lm_task.py): tokens per training window (truncated BPTT)
+    bptt: int = 35
 
 
 @dataclass
@@ -130,6 +137,7 @@ class OptimConfig:
     state_format: str = "fp32"  # momentum / Adam moments: fp32 | bf16 | fp16 | e<E>m<M>
     real_dtype: bool = False  # bf16/fp16 weights as real torch.bfloat16/float16 tensors
     kahan_buffer: str = "weight"  # kahan: compensation stored in the weight format (paper) | fp32
+    grad_clip: float | None = None  # clip the gradients' global L2 norm to this (null = no clipping)
 
 
 @dataclass
@@ -279,6 +287,14 @@ def check_dataset(d: DatasetConfig) -> None:
     require((d.mean is None) == (d.std is None), "dataset.mean", d.mean,
             "set dataset.mean and dataset.std together (or neither: the training set's own)")
     require(d.std is None or all(v > 0 for v in d.std), "dataset.std", d.std, "must be positive")
+    require(d.bptt > 0, "dataset.bptt", d.bptt, "must be a positive number of tokens")
+
+
+def check_model(m: ModelConfig) -> None:
+    require(m.hidden > 0, "model.hidden", m.hidden, "must be positive")
+    require(m.layers > 0, "model.layers", m.layers, "must be positive")
+    require(m.heads > 0, "model.heads", m.heads, "must be positive")
+    require(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
 
 
 def check_quant(q: QuantConfig) -> None:
@@ -325,6 +341,7 @@ def validate(cfg: TrainConfig) -> None:
 
     check_trainer(cfg.trainer)
     check_dataset(cfg.dataset)
+    check_model(cfg.model)
     check_optim(cfg.optim)
     check_schedule(cfg.schedule)
     check_learned_format(cfg)

@@ -20,7 +20,7 @@ from cprec.config import TrainConfig
 from cprec.errors import CprecError
 from cprec.paths import prt_result_path
 from cprec.quant import layer_bits, set_precision
-from cprec.step import TrainStep
+from cprec.step import TrainStep, grad_clip
 
 log = logging.getLogger("cprec")
 
@@ -47,7 +47,7 @@ def find_bounds(curve: list[dict], threshold: float, upper_bits: int | str) -> t
 def _train_level(parts: ModelParts, step: TrainStep, bits: int, bw: int, steps: int,
                  smoothing: int) -> dict:
     """Train ``steps`` steps at ``bits``; the level's row of the curve (last steps averaged)."""
-    task, metric = parts.task, parts.task.metric
+    task = parts.task
     set_precision(parts.model, bits, bw)
     layers = layer_bits(parts.model)
     records = []
@@ -60,7 +60,7 @@ def _train_level(parts: ModelParts, step: TrainStep, bits: int, bw: int, steps: 
         records.append(window.record())
     last = records[-smoothing:]
     return {"bits": bits, "steps": steps,
-            f"train_{metric}": sum(r[f"train_{metric}"] for r in last) / len(last),
+            "train_acc": sum(r["train_acc"] for r in last) / len(last),
             "train_loss": sum(r["train_loss"] for r in last) / len(last)}
 
 
@@ -70,7 +70,8 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
 
     p = cfg.prt
     parts = build_model_parts(cfg, p.batch_size)
-    step = TrainStep(parts.task, parts.model, parts.optimizer)
+    step = TrainStep(parts.task, parts.model, parts.optimizer,
+                     [c for c in [grad_clip(parts.model, cfg.optim.grad_clip)] if c is not None])
     bw = cfg.schedule.bw_bits
     curve: list[dict] = []
     lower = upper = None

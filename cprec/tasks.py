@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.config import DatasetConfig, TrainConfig
+from cprec.corpora import CORPORA
 from cprec.data import (
     DATASETS,
     BatchStream,
@@ -207,9 +208,16 @@ def _images() -> TaskFamily:
                       lambda info: torch.zeros(1, info.channels, info.size, info.size))
 
 
+def _language() -> TaskFamily:
+    from cprec.lm_task import family  # token windows, carried state, perplexity
+
+    return family()
+
+
 # dataset name -> its task family, built on first use (a family may import optional packages)
 FAMILIES: dict[str, Callable[[], TaskFamily]] = {
     **{name: _images for name in DATASETS},
+    **{name: _language for name in CORPORA},
 }
 
 

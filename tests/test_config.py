@@ -8,7 +8,7 @@ import torch
 from cprec.config import TrainConfig
 from cprec.data import DatasetInfo
 from cprec.errors import ConfigError
-from cprec.models import build_model
+from cprec.models import LANGUAGE_MODELS, build_model
 from cprec.paths import config_dir
 from cprec.quant import build_quantized, quant_layers
 from cprec.schedules import build_schedule
@@ -25,7 +25,7 @@ def test_groups_are_populated() -> None:
     assert set(options("model")) >= {"mlp", "lenet", "resnet20", "resnet38", "resnet56", "resnet74",
                                      "resnet110", "mobilenetv2"}
     assert set(options("dataset")) == {"digits", "fashion_mnist", "mnist", "cifar10", "cifar100",
-                                       "synthetic"}
+                                       "synthetic", "tiny_shakespeare", "ptb", "wikitext2", "wikitext103"}
     assert {"fp32", "static", "cpt_cosine", "deficit"} <= set(options("schedule"))
     assert len([s for s in options("schedule") if s.startswith("cpt_") and s != "cpt_ldp"]) == 12
     assert {"ldp", "cpt_ldp"} <= set(options("schedule"))
@@ -35,9 +35,14 @@ def test_groups_are_populated() -> None:
 
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_option_builds(compose, name: str) -> None:
-    """Every model option composes under its own name and maps a 3x32x32 batch to 10 logits."""
+    """Every model option composes under its own name and maps a 3x32x32 batch to 10 logits
+    (a language model: windows of 8 tokens to 10 logits per token)."""
     cfg = compose([f"model={name}"])
     assert cfg.model.name == name
+    if name in LANGUAGE_MODELS:
+        model = build_model(cfg.model, DatasetInfo("tiny_shakespeare", 1, 8, 10))
+        assert model(torch.zeros(2, 8, dtype=torch.long))[0].shape == (2, 8, 10)
+        return
     model = build_model(cfg.model, DatasetInfo("x", 3, 32, 10))
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -182,7 +187,7 @@ def test_train_yaml_repeats_no_schema_section() -> None:
 # (CPT's ResNet-110: a 400-step warm-up at lr 0.01)
 PRESET_EXTRAS = {"cpt_cifar": {"optim": {"warmup_steps", "warmup_lr"}},
                  "bps_cifar": {"schedule": {"min_bits", "max_bits"}, "optim": {"lr"}},
-                 "bps_critical": {}}
+                 "bps_critical": {}, "cpt_ptb": {}, "char_lm": {}}
 
 
 @pytest.mark.parametrize("name", options("experiment"))
@@ -194,7 +199,7 @@ def test_presets_state_only_model_and_dataset(name: str) -> None:
 
     raw = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
     recipe = raw["defaults"][0].removeprefix("/recipe/")
-    if recipe == "cpt_cifar":
+    if recipe in ("cpt_cifar", "cpt_ptb"):
         assert set(raw.pop("paper")) == {"source", "results"}
     entries = [next(iter(e)) if isinstance(e, dict) else e for e in raw["defaults"]]
     assert entries == [f"/recipe/{recipe}", "override /model", "override /dataset"]

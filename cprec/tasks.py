@@ -207,9 +207,16 @@ def _images() -> TaskFamily:
                       lambda info: torch.zeros(1, info.channels, info.size, info.size))
 
 
+def _imagefolder() -> TaskFamily:
+    from cprec.imagefolder import family
+
+    return family()
+
+
 # dataset name -> its task family, built on first use (a family may import optional packages)
 FAMILIES: dict[str, Callable[[], TaskFamily]] = {
     **{name: _images for name in DATASETS},
+    "imagefolder": _imagefolder,
 }
 
 

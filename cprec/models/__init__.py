@@ -12,12 +12,14 @@ from cprec.errors import ConfigError
 from cprec.models.mobilenetv2 import cpt_mobilenetv2, mobilenetv2
 from cprec.models.resnet import cifar_resnet
 from cprec.models.small import lenet, mlp
+from cprec.models.tv import torchvision_model
 
 MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {
     "mlp": mlp,
     "lenet": lenet,
     "mobilenetv2": mobilenetv2,
     "cpt_mobilenetv2": cpt_mobilenetv2,
+    "torchvision": torchvision_model,
     **{f"resnet{d}": (lambda c, i, d=d: cifar_resnet(d, c, i))
        for d in (20, 38, 56, 74, 110, 152)},
 }

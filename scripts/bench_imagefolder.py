@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from bench_train import time_steps  # scripts/ is on sys.path when run as a script
 
 from cprec.build import build_model_parts
 from cprec.config import DatasetConfig, ModelConfig, TrainConfig, TrainerConfig
@@ -42,21 +42,8 @@ def measure(root: Path, workers: int, args: argparse.Namespace) -> tuple[float, 
         trainer=TrainerConfig(device=args.device, batch_size=args.batch, threads=args.threads))
     parts = build_model_parts(cfg, args.batch)
     set_precision(parts.model, 32, 32)  # schedule=fp32
-    step, task = TrainStep(parts.task, parts.model, parts.optimizer), parts.task
-    sync = torch.cuda.synchronize if parts.device.type == "cuda" else (lambda: None)
-    waits, steps = [], []
-    for i in range(args.steps + WARMUP):
-        sync()
-        t0 = time.perf_counter()
-        batch = task.next_batch()
-        sync()
-        t1 = time.perf_counter()
-        step(batch)
-        sync()
-        t2 = time.perf_counter()
-        if i >= WARMUP:
-            waits.append(t1 - t0)
-            steps.append(t2 - t0)
+    step = TrainStep(parts.task, parts.model, parts.optimizer)
+    waits, steps = time_steps(parts.task, step, parts.device, args.steps, WARMUP)
     return statistics.median(steps), sum(waits) / sum(steps)
 
 

@@ -164,3 +164,19 @@ def test_schedule_preview_reads_only_the_listing(compose, folder: Path, tmp_path
 
     result = preview_schedule(compose(small(folder)), tmp_path)
     assert result["total_steps"] == 8 and 0 < result["relative_cost"] < 1
+
+
+def test_prt_results_are_kept_per_torchvision_arch(compose, folder: Path, tmp_path: Path) -> None:
+    """outputs/prt/torchvision.<arch>-<dataset>.json: resnet34 never takes resnet18's bounds."""
+    import json
+
+    from cprec.bounds import resolve_bounds
+    from cprec.paths import prt_result_path
+
+    path = prt_result_path(tmp_path, "torchvision.resnet18", "imagefolder")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"model": "torchvision.resnet18", "dataset": "imagefolder",
+                                "lower_bits": 4, "upper_bits": 7}))
+    base = [*small(folder), f"output_root={tmp_path}", "schedule.bounds=auto"]
+    assert resolve_bounds(compose(base)) == (4, 7, f"prt:{path}")
+    assert resolve_bounds(compose([*base, "model.arch=resnet34"]))[2] == "default"

@@ -205,8 +205,16 @@ class EpochBatches:
             epoch, start = epoch + 1, 0
 
 
-def _one_thread(worker_id: int) -> None:
-    torch.set_num_threads(1)  # workers decode; the training process owns the cores' threads
+def _init_worker(worker_id: int) -> None:
+    """One thread per worker (the training process owns the cores' threads); SIGINT and
+    SIGTERM ignored: a stop signal sent to the whole process group (Ctrl-C, SLURM's
+    pre-emption) is the training process's to act on (checkpoint, then shut the workers
+    down), not a worker death that would end the run with an error instead."""
+    import signal
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ImageFolderTask(Task):
@@ -237,7 +245,7 @@ class ImageFolderTask(Task):
         base seed from it, not from the global RNG (which resume restores exactly)."""
         return torch.utils.data.DataLoader(
             dataset, num_workers=self.workers, pin_memory=self.device.type == "cuda",
-            worker_init_fn=_one_thread if self.workers else None,
+            worker_init_fn=_init_worker if self.workers else None,
             generator=torch.Generator().manual_seed(self.seed), **kwargs)
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:

@@ -180,3 +180,32 @@ def test_prt_results_are_kept_per_torchvision_arch(compose, folder: Path, tmp_pa
     base = [*small(folder), f"output_root={tmp_path}", "schedule.bounds=auto"]
     assert resolve_bounds(compose(base)) == (4, 7, f"prt:{path}")
     assert resolve_bounds(compose([*base, "model.arch=resnet34"]))[2] == "default"
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_with_workers_checkpoints(folder: Path, tmp_path: Path) -> None:
+    """SIGTERM to the whole group (SLURM's pre-emption) reaches the DataLoader workers too: they
+    ignore it and the run checkpoints and ends "interrupted" (exit 1, no traceback), not killed
+    by a dead worker; resume= completes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [*small(folder), "trainer.steps=40", "trainer.eval_every=20", "trainer.checkpoint_every=2",
+            "dataset.workers=1", "trainer.threads=1", "hydra.run.dir=run"]
+    proc = subprocess.Popen([sys.executable, "-m", "cprec.cli", "train", *args], cwd=tmp_path,
+                            env={**os.environ, "CPREC_KERNELS": "reference"}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "run" / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert read_summary(tmp_path / "run")["status"] == "interrupted"
+    out = run_cli(["train", f"resume={tmp_path / 'run'}"], tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert read_summary(tmp_path / "run")["steps"] == 40

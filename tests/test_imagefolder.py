@@ -209,3 +209,21 @@ def test_sigterm_to_the_process_group_with_workers_checkpoints(folder: Path, tmp
     out = run_cli(["train", f"resume={tmp_path / 'run'}"], tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert read_summary(tmp_path / "run")["steps"] == 40
+
+
+def test_a_folder_that_does_not_fit_the_layout_is_named(compose, folder: Path, tmp_path: Path) -> None:
+    """A val/ class that train/ lacks, and a train/ without images, are one-line DataErrors."""
+    import shutil
+
+    from cprec.errors import DataError
+
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    (root / "val" / "zebra").mkdir()
+    with pytest.raises(DataError, match=r"val/ has class folders that train/ lacks: \['zebra'\]"):
+        scan(compose(small(root)).dataset)
+    (root / "val" / "zebra").rmdir()
+    for image in (root / "train").rglob("*.jpg"):
+        image.unlink()
+    with pytest.raises(DataError, match="train/ holds no images"):
+        scan(compose(small(root)).dataset)

@@ -16,10 +16,13 @@ sees. ``dataset.workers`` changes speed only (a result-neutral key).
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import random
+import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,6 +220,32 @@ def _init_worker(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+# the worker-backed loader iterators alive in this process (see _stop_workers_at_exit)
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register  # registered after torch's and multiprocessing's hooks, so it runs before them
+def _stop_workers_at_exit() -> None:
+    """Shut down the workers of loaders still alive at exit (a run that ended with an error
+    keeps its task alive in the traceback) the way the loader itself does; multiprocessing's
+    own exit hook would SIGTERM them, which they ignore, and wait for them forever."""
+    for iterator in list(_LIVE_ITERATORS):
+        iterator._shutdown_workers()
+        for worker in getattr(iterator, "_workers", []):
+            if worker.is_alive():
+                worker.kill()
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """A DataError raised in a worker arrives wrapped with the worker's traceback: keep its
+    own one line (the message a worker-less loader raises)."""
+    try:
+        yield
+    except DataError as e:
+        raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
+
+
 class ImageFolderTask(Task):
     """Classification over a streamed ImageFolder: cross-entropy, accuracy. Not a
     ClassificationTask: data-parallel training (which shards in-memory tensors) refuses it."""
@@ -240,13 +269,16 @@ class ImageFolderTask(Task):
         self.epoch, self.batch = 0, 0  # the position: the next batch is this epoch's batch-th
         self._batches: Iterator | None = None
 
-    def _loader(self, dataset: torch.utils.data.Dataset, **kwargs) -> torch.utils.data.DataLoader:
-        """A DataLoader with its own seeded generator: making its iterator draws the workers'
-        base seed from it, not from the global RNG (which resume restores exactly)."""
-        return torch.utils.data.DataLoader(
+    def _batches_of(self, dataset: torch.utils.data.Dataset, **kwargs) -> Iterator:
+        """Batches of a DataLoader with its own seeded generator: making the iterator draws the
+        workers' base seed from it, not from the global RNG (which resume restores exactly)."""
+        iterator = iter(torch.utils.data.DataLoader(
             dataset, num_workers=self.workers, pin_memory=self.device.type == "cuda",
             worker_init_fn=_init_worker if self.workers else None,
-            generator=torch.Generator().manual_seed(self.seed), **kwargs)
+            generator=torch.Generator().manual_seed(self.seed), **kwargs))
+        if self.workers:
+            _LIVE_ITERATORS.add(iterator)
+        return iterator
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True).float()
@@ -256,8 +288,9 @@ class ImageFolderTask(Task):
         if self._batches is None:  # (re)start the loader at the current position
             s = self.sampler
             s.epoch, s.batch = self.epoch, self.batch
-            self._batches = iter(self._loader(self.train_set, batch_sampler=s))
-        x, y = next(self._batches)
+            self._batches = self._batches_of(self.train_set, batch_sampler=s)
+        with _one_line_errors():
+            x, y = next(self._batches)
         self.batch += 1
         if self.batch == self.steps_per_epoch:
             self.epoch, self.batch = self.epoch + 1, 0
@@ -280,11 +313,12 @@ class ImageFolderTask(Task):
         model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        for x, y in self._loader(self.val_set, batch_size=batch_size, shuffle=False):
-            y = y.to(self.device, non_blocking=True)
-            out = model(self._normalized(x))
-            loss_sum += F.cross_entropy(out, y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
+        with _one_line_errors():
+            for x, y in self._batches_of(self.val_set, batch_size=batch_size, shuffle=False):
+                y = y.to(self.device, non_blocking=True)
+                out = model(self._normalized(x))
+                loss_sum += F.cross_entropy(out, y, reduction="sum")
+                correct += (out.argmax(1) == y).sum()
         model.train(was_training)
         return {"test_loss": float(loss_sum) / self.n_val, "test_acc": int(correct) / self.n_val}
 

@@ -227,3 +227,20 @@ def test_a_folder_that_does_not_fit_the_layout_is_named(compose, folder: Path, t
         image.unlink()
     with pytest.raises(DataError, match="train/ holds no images"):
         scan(compose(small(root)).dataset)
+
+
+def test_an_unreadable_image_in_a_worker_is_one_line_and_exits(folder: Path, tmp_path: Path) -> None:
+    """A corrupt JPEG read by a worker process: the one line a worker-less loader gives,
+    exit 2, and the process ends (its workers ignore SIGTERM: they are shut down, not waited
+    for forever)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    bad = sorted((root / "train").rglob("*.jpg"))[5]
+    bad.write_bytes(b"not a jpeg")
+    out = run_cli(["train", *small(root), "trainer.batch_size=12", "trainer.steps=2",
+                   "schedule.cycles=1", "dataset.workers=1"], tmp_path, timeout=120)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.strip() == f"cprec: error: {bad}: cannot read the image (cannot identify " \
+                                 f"image file '{bad}')"

@@ -22,7 +22,7 @@ FLOAT_OVERFLOW = ("saturate", "inf")
 # computes: a resumed run may change them, `cprec report` does not group runs by them, and
 # Hydra leaves them out of sweep job names (train.yaml's exclude_keys, tested to agree).
 RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root",
-                       "dataset.download", "trainer.progress", "trainer.threads",
+                       "dataset.download", "dataset.workers", "trainer.progress", "trainer.threads",
                        "trainer.device", "trainer.checkpoint_every", "trainer.dist_timeout_s")
 
 
@@ -36,6 +36,7 @@ class ModelConfig:
     dropout: float = 0.0
     tied: bool = True  # decoder weight tied to the embedding
     heads: int = 4  # transformer_lm attention heads
+    arch: str = "resnet18"  # model=torchvision: any torchvision classification model's name
 
 
 @dataclass
@@ -60,6 +61,12 @@ class DatasetConfig:
     classes: int = 10
     # language models (cprec/lm_task.py): tokens per training window (truncated BPTT)
     bptt: int = 35
+    # imagefolder only (cprec/imagefolder.py): training crops (RandomResizedCrop) and the
+    # evaluation's center crop are image_size; evaluation resizes the short side to resize
+    # first; workers: DataLoader worker processes (0 = decode in the training process)
+    image_size: int = 224
+    resize: int = 256
+    workers: int = 2
 
 
 @dataclass
@@ -98,6 +105,9 @@ class QuantConfig:
     format: str = "fixed"  # fixed | float
     quantize_first: bool = True
     quantize_last: bool = False
+    # module-name patterns (fnmatch, e.g. "*downsample*") of Conv2d/Linear layers kept in full
+    # precision besides the first/last rule (CPT's ImageNet ResNets: the shortcut convs)
+    keep_full: list[str] = field(default_factory=list)
     # the final classifier's bits when quantize_last: null = the schedule's, an int = always
     # that many (forward and error), auto = the schedule's but never below cprec's guideline
     # ceil(log2(classes + 1)) (precision.py)
@@ -288,6 +298,11 @@ def check_dataset(d: DatasetConfig) -> None:
             "set dataset.mean and dataset.std together (or neither: the training set's own)")
     require(d.std is None or all(v > 0 for v in d.std), "dataset.std", d.std, "must be positive")
     require(d.bptt > 0, "dataset.bptt", d.bptt, "must be a positive number of tokens")
+    require(d.image_size > 0, "dataset.image_size", d.image_size, "must be a positive pixel count")
+    require(d.resize >= d.image_size, "dataset.resize", d.resize,
+            f"the evaluation resizes to it, then center-crops dataset.image_size={d.image_size}: "
+            f"it must be at least that")
+    require(d.workers >= 0, "dataset.workers", d.workers, "must be >= 0 (0: load in the main process)")
 
 
 def check_model(m: ModelConfig) -> None:
@@ -350,6 +365,9 @@ def validate(cfg: TrainConfig) -> None:
     check_loss_scale(cfg)
     check_amp(cfg)
     require_choice("logger", cfg.logger, SINKS)
+    require(cfg.trainer.devices == 1 or cfg.dataset.name != "imagefolder", "trainer.devices",
+            cfg.trainer.devices, "data-parallel training does not shard dataset=imagefolder's "
+            "streaming loader; use trainer.devices=1")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from cprec import runs
+from cprec.bounds import model_id
 from cprec.build import ModelParts, build_model_parts
 from cprec.config import TrainConfig
 from cprec.errors import CprecError
@@ -89,13 +90,14 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
                          f"prt.threshold or raise prt.steps_per_bits")
     if upper is None:  # auto upper bound still rising at max_bits
         upper = curve[-1]["bits"]
-    result = {"status": "completed", "model": cfg.model.name, "dataset": cfg.dataset.name,
+    model = model_id(cfg.model)  # model=torchvision: with its arch (bounds.model_id)
+    result = {"status": "completed", "model": model, "dataset": cfg.dataset.name,
               "lower_bits": lower, "upper_bits": upper, "threshold": p.threshold,
               "steps": sum(r["steps"] for r in curve), "gbitops": parts.ledger.gbitops,
               "bw_bits": bw, "batch_size": parts.task.batch_size, "seed": cfg.seed, "curve": curve}
     runs.write_json(out_dir / "prt.json", result)
-    prt_curve(curve, lower, upper, out_dir / "prt.png", f"{cfg.model.name} on {cfg.dataset.name}")
-    shared = prt_result_path(cfg.output_root, cfg.model.name, cfg.dataset.name)
+    prt_curve(curve, lower, upper, out_dir / "prt.png", f"{model} on {cfg.dataset.name}")
+    shared = prt_result_path(cfg.output_root, model, cfg.dataset.name)
     runs.write_json(shared, result)
     result["path"] = str(shared)
     return result

@@ -214,10 +214,17 @@ def _language() -> TaskFamily:
     return family()
 
 
+def _imagefolder() -> TaskFamily:
+    from cprec.imagefolder import family
+
+    return family()
+
+
 # dataset name -> its task family, built on first use (a family may import optional packages)
 FAMILIES: dict[str, Callable[[], TaskFamily]] = {
     **{name: _images for name in DATASETS},
     **{name: _language for name in CORPORA},
+    "imagefolder": _imagefolder,
 }
 
 

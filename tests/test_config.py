@@ -23,9 +23,10 @@ def options(group: str) -> list[str]:
 def test_groups_are_populated() -> None:
     """The names DESIGN.md promises exist as config options."""
     assert set(options("model")) >= {"mlp", "lenet", "resnet20", "resnet38", "resnet56", "resnet74",
-                                     "resnet110", "mobilenetv2"}
+                                     "resnet110", "mobilenetv2", "torchvision"}
     assert set(options("dataset")) == {"digits", "fashion_mnist", "mnist", "cifar10", "cifar100",
-                                       "synthetic", "tiny_shakespeare", "ptb", "wikitext2", "wikitext103"}
+                                       "synthetic", "tiny_shakespeare", "ptb", "wikitext2", "wikitext103",
+                                       "imagefolder"}
     assert {"fp32", "static", "cpt_cosine", "deficit"} <= set(options("schedule"))
     assert len([s for s in options("schedule") if s.startswith("cpt_") and s != "cpt_ldp"]) == 12
     assert {"ldp", "cpt_ldp"} <= set(options("schedule"))
@@ -185,7 +186,9 @@ def test_train_yaml_repeats_no_schema_section() -> None:
 # what a preset may set besides its recipe, model and dataset: the values its paper's runs
 # changed per model (Better Schedules' MobileNetV2: forward 4..8 bits, lr 0.03)
 # (CPT's ResNet-110: a 400-step warm-up at lr 0.01)
+# (the ImageNet presets: which torchvision model)
 PRESET_EXTRAS = {"cpt_cifar": {"optim": {"warmup_steps", "warmup_lr"}},
+                 "cpt_imagenet": {"model": {"arch"}},
                  "bps_cifar": {"schedule": {"min_bits", "max_bits"}, "optim": {"lr"}},
                  "bps_critical": {}, "cpt_ptb": {}, "char_lm": {}}
 
@@ -194,12 +197,12 @@ PRESET_EXTRAS = {"cpt_cifar": {"optim": {"warmup_steps", "warmup_lr"}},
 def test_presets_state_only_model_and_dataset(name: str) -> None:
     """Every experiment preset is its paper's shared recipe (bps_* presets: bps_cifar, the
     others cpt_cifar) plus a model and a dataset, and at most the per-model values its
-    recipe allows; CPT presets carry the paper's figures for them."""
+    recipe allows; CPT presets carry the paper's figures for them (ImageNet: ResNet-18 only)."""
     import yaml
 
     raw = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
     recipe = raw["defaults"][0].removeprefix("/recipe/")
-    if recipe in ("cpt_cifar", "cpt_ptb"):
+    if recipe in ("cpt_cifar", "cpt_ptb") or name == "imagenet_resnet18":
         assert set(raw.pop("paper")) == {"source", "results"}
     entries = [next(iter(e)) if isinstance(e, dict) else e for e in raw["defaults"]]
     assert entries == [f"/recipe/{recipe}", "override /model", "override /dataset"]

@@ -14,6 +14,7 @@ from cprec.models.mobilenetv2 import cpt_mobilenetv2, mobilenetv2
 from cprec.models.resnet import cifar_resnet
 from cprec.models.small import lenet, mlp
 from cprec.models.transformer_lm import transformer_lm
+from cprec.models.tv import torchvision_model
 
 MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {
     "mlp": mlp,
@@ -22,6 +23,7 @@ MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {
     "cpt_mobilenetv2": cpt_mobilenetv2,
     "lstm": lstm,
     "transformer_lm": transformer_lm,
+    "torchvision": torchvision_model,
     **{f"resnet{d}": (lambda c, i, d=d: cifar_resnet(d, c, i))
        for d in (20, 38, 56, 74, 110, 152)},
 }

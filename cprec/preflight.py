@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from cprec.errors import fail_line
@@ -166,6 +167,45 @@ def preflight(argv: list[str], config_name: str) -> None:
         sys.exit(2)
     except Exception as e:  # the check broke, not the config: Hydra will judge
         log.debug("pre-flight skipped: %r", e)
+
+
+def check_continues_same_run(argv: list[str], config_name: str) -> None:
+    """Continuing a run dir that holds a checkpoint (``resume=`` or ``hydra.run.dir=``) under
+    settings that compute something else ends here, one line and exit 2, before Hydra
+    rewrites the dir's ``.hydra/`` files: refused only later (the checkpoint's own check),
+    the dir's saved overrides would already name the new settings, and a plain ``resume=``
+    of it would then fail too. An invalid value is reported here for the same reason."""
+    args = _hydra_args(argv)
+    run_dir = None if args is None or args.multirun else arg_value(args.overrides, "hydra.run.dir")
+    if not run_dir:
+        return
+    run_dir = Path(run_dir.strip("'\""))
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not ((run_dir / "checkpoint.pt").is_file() and saved.is_file()):
+        return
+    from dataclasses import asdict
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from cprec.config import check_same_run, register_schemas, to_train_config
+    from cprec.errors import CprecError
+
+    register_schemas()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3",
+                                   job_name=args.config_name or config_name):
+            cfg = compose(config_name=args.config_name or config_name,
+                          overrides=list(args.overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        current = asdict(to_train_config(cfg))
+        check_same_run(asdict(to_train_config(OmegaConf.load(saved))), current, run_dir)
+    except CprecError as e:
+        fail_line(str(e))
+        sys.exit(2)
+    except Exception as e:  # the check broke, not the config: the checkpoint's check remains
+        log.debug("same-run check skipped: %r", e)
 
 
 # ---- after Hydra: a sweep's verdict -----------------------------------------------------

@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from cprec.errors import CprecError, fail_line
 from cprec.memory import keep_freed_memory
 from cprec.paths import arg_value, output_root
-from cprec.preflight import preflight
+from cprec.preflight import check_continues_same_run, preflight
 from cprec.runs import RunDirBusy
 
 log = logging.getLogger("cprec")
@@ -255,6 +255,8 @@ def shell_main(argv: list[str], hydra_main: Callable[[], Any], *, config_name: s
         check_run_dir_free(argv)
     argv, sweep = pin_sweep_dir(argv, job)
     preflight(argv, config_name)
+    if resumable:
+        check_continues_same_run(argv, config_name)
     check_launcher(argv)
     check_writable(argv)
     sys.argv = [sys.argv[0], *argv]

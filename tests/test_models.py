@@ -16,7 +16,7 @@ IMAGE_MODELS = sorted(set(MODELS) - set(LANGUAGE_MODELS))  # language models: te
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 @pytest.mark.parametrize("shape", [(1, 8, 10), (1, 28, 10), (3, 32, 100)])
 def test_output_shape(name: str, shape: tuple[int, int, int]) -> None:
-    """Every registered image model maps a (2, C, S, S) batch to (2, classes) logits for each dataset shape."""
+    """Every registered image model maps a (2, C, S, S) batch to (2, classes) logits for every shape."""
     c, size, classes = shape
     model = build_model(ModelConfig(name=name), DatasetInfo("x", c, size, classes))
     assert model(torch.randn(2, c, size, size)).shape == (2, classes)

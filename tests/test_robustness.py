@@ -88,11 +88,22 @@ def test_sigterm_checkpoints_then_resume_completes(tmp_path: Path, reference) ->
 
 @pytest.mark.slow
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
-    """Rerunning an unfinished run dir with another config exits 2 naming the stored value, no traceback."""
+    """Rerunning an unfinished run dir with another config (hydra.run.dir= or resume= plus an
+    override) exits 2 naming the stored value, no traceback, and leaves the dir as it was: a
+    plain resume= afterwards still continues the run with its own settings."""
+    run = tmp_path / "run"
     assert run_cli(["train", *FAST, "hydra.run.dir=run"], tmp_path).returncode == 0
-    (tmp_path / "run" / "summary.json").unlink()  # pretend it was cut short
-    out = run_cli(["train", *FAST, "optim.lr=0.05", "hydra.run.dir=run"], tmp_path)
-    assert out.returncode == 2 and "optim.lr=0.1" in out.stderr and "Traceback" not in out.stderr
+    (run / "summary.json").unlink()  # pretend it was cut short
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    for args in (["train", *FAST, "optim.lr=0.05", "hydra.run.dir=run"],
+                 ["train", f"resume={run}", "trainer.steps=40"]):
+        out = run_cli(args, tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert ("optim.lr=0.1" in out.stderr or "trainer.steps=24" in out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    out = run_cli(["train", f"resume={run}"], tmp_path)
+    assert out.returncode == 0 and read_summary(run)["steps"] == 24, out.stderr[-2000:]
 
 
 BAD_INPUTS = [

@@ -30,7 +30,8 @@ RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root
 class ModelConfig:
     name: str = "resnet20"
     width: int = 16  # channels of the first stage (CIFAR ResNets, lenet scale)
-    hidden: int = 256  # hidden units (mlp)
+    hidden: int = 256  # hidden units (mlp, gcn, sage)
+    dropout: float = 0.0  # dropout probability (gcn, sage: before each layer)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class QuantConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # sgd | adam (L2 added to the gradient, torch.optim.Adam) | adamw
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -124,6 +125,9 @@ class OptimConfig:
     warmup_steps: int = 0  # warm-up steps: linear from 0 to lr, or constant at warmup_lr
     warmup_lr: float | None = None  # a constant lr during warm-up (CPT's ResNet-110: 0.01)
     decay_all: bool = False  # weight decay on every parameter, BN and biases too (CPT's code)
+    # weight decay only on the parameters whose qualified names start with one of these
+    # prefixes (e.g. [conv1]: Kipf & Welling's GCN decays its first layer only); null = all
+    decay_only: list[str] | None = None
     # low-precision weights (lowp_optim.py): storage format, how updates reach it, state format
     weight_format: str = "fp32"  # fp32 | bf16 | fp16 | e<E>m<M> | fixed<B>
     update_rounding: str = "nearest"  # nearest | stochastic | kahan
@@ -273,6 +277,10 @@ def check_trainer(t: TrainerConfig) -> None:
     require(t.dist_timeout_s > 0, "trainer.dist_timeout_s", t.dist_timeout_s, "must be positive seconds")
 
 
+def check_model(m: ModelConfig) -> None:
+    require(0 <= m.dropout < 1, "model.dropout", m.dropout, "a probability in [0, 1)")
+
+
 def check_dataset(d: DatasetConfig) -> None:
     for key in ("train_subset", "test_subset"):
         _positive_or_null(f"dataset.{key}", getattr(d, key), "count")
@@ -324,6 +332,7 @@ def validate(cfg: TrainConfig) -> None:
     from cprec.schedules import check_learned_format, check_schedule
 
     check_trainer(cfg.trainer)
+    check_model(cfg.model)
     check_dataset(cfg.dataset)
     check_optim(cfg.optim)
     check_schedule(cfg.schedule)

@@ -207,9 +207,18 @@ def _images() -> TaskFamily:
                       lambda info: torch.zeros(1, info.channels, info.size, info.size))
 
 
+def _graphs() -> TaskFamily:
+    from cprec.graph import graph_family  # PyTorch Geometric is imported when data loads
+
+    return graph_family()
+
+
+GRAPH_DATASETS = ("cora", "citeseer")  # cprec/graph.py's PLANETOID
+
 # dataset name -> its task family, built on first use (a family may import optional packages)
 FAMILIES: dict[str, Callable[[], TaskFamily]] = {
     **{name: _images for name in DATASETS},
+    **{name: _graphs for name in GRAPH_DATASETS},
 }
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from cprec.config import ModelConfig
 from cprec.data import DatasetInfo
 from cprec.errors import ConfigError
+from cprec.models.gnn import GRAPH_MODELS
 from cprec.models.mobilenetv2 import cpt_mobilenetv2, mobilenetv2
 from cprec.models.resnet import cifar_resnet
 from cprec.models.small import lenet, mlp
@@ -20,6 +21,7 @@ MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {
     "cpt_mobilenetv2": cpt_mobilenetv2,
     **{f"resnet{d}": (lambda c, i, d=d: cifar_resnet(d, c, i))
        for d in (20, 38, 56, 74, 110, 152)},
+    **GRAPH_MODELS,  # node classification on dataset=cora|citeseer: forward(x, graph)
 }
 
 

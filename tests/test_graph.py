@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, read_summary, run_cli
+from conftest import ROOT, read_summary, resumed_and_whole, run_cli
 
 from cprec import runs
 from cprec.build import build_run, plan_run
@@ -90,14 +89,8 @@ def test_resume_from_a_middle_checkpoint_is_bit_exact(compose, root, tmp_path) -
     and resuming ends exactly where the uninterrupted run ends."""
     cfg = graph_cfg(compose, root, "schedule=cpt_cosine", "trainer.epochs=20", "schedule.cycles=2",
                     "trainer.eval_every=5")
-    whole = Trainer(build_run(cfg), tmp_path / "whole").run()
-    first = Trainer(build_run(cfg), tmp_path / "split")
-    first.parts.plan = replace(first.parts.plan, total_steps=10)
-    first.run()
-    (tmp_path / "split" / runs.SUMMARY).unlink()
-    resumed = Trainer(build_run(cfg), tmp_path / "split").run()
-    strip = lambda d: {k: v for k, v in d.items() if k not in ("train_time_s", "wall_time_s")}  # noqa: E731
-    assert strip(resumed) == strip(whole)
+    resumed, whole = resumed_and_whole(cfg, tmp_path, 10)
+    assert resumed == whole
 
 
 def test_missing_extra_is_one_line(compose, root, monkeypatch) -> None:

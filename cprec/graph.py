@@ -16,6 +16,7 @@ written next to them unless they are downloaded.
 from __future__ import annotations
 
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,21 @@ def planetoid_root(cfg: DatasetConfig) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else DEFAULT_DATA_ROOT / "planetoid"
 
 
+def _download(root: Path, folder: str) -> None:
+    """PyG's download into ``<root>/<folder>/raw`` (it also writes its processed cache); when
+    it fails, the empty folders it made are removed again."""
+    made = [d for d in (root / folder / "raw", root / folder / "processed", root / folder, root)
+            if not d.exists()]
+    try:
+        from torch_geometric.datasets import Planetoid
+
+        Planetoid(str(root), folder)
+    except Exception:  # offline or blocked: the caller's clear error
+        for d in made:
+            with suppress(OSError):
+                d.rmdir()  # only an empty one goes
+
+
 @dataclass
 class GraphData:
     """A whole graph on one device: row-normalised features, labels, the split's node indices."""
@@ -73,17 +89,13 @@ def load_planetoid(cfg: DatasetConfig, device: torch.device) -> GraphData:
     files = [f"ind.{cfg.name}.{part}" for part in RAW_PARTS]
     missing = [f for f in files if not (raw / f).is_file()]
     if missing and cfg.download:
-        try:
-            from torch_geometric.datasets import Planetoid
-
-            Planetoid(str(root), folder)  # downloads into <root>/<folder>/raw (and processes)
-        except Exception:  # offline or blocked: the clear error below
-            pass
+        _download(root, folder)
         missing = [f for f in files if not (raw / f).is_file()]
     if missing:
+        why = "a download failed (offline?)" if cfg.download else "dataset.download=false"
         raise DataError(f"dataset.root={str(root)!r} is invalid for dataset {cfg.name}: "
-                        f"{', '.join(missing)} not found in {raw} (the Planetoid raw files; "
-                        f"give the folder holding {folder}/raw as dataset.root=<folder>)")
+                        f"{', '.join(missing)} not found in {raw} ({why}; give the folder "
+                        f"holding {folder}/raw, the Planetoid raw files, as dataset.root=<folder>)")
     from torch_geometric.io import read_planetoid_data
 
     try:

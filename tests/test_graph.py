@@ -151,3 +151,15 @@ def test_cli_train_schedule_and_errors(root, tmp_path) -> None:
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "ind.cora.x, ind.cora.tx" in bad.stderr and "dataset.root=" in bad.stderr
     assert [p for p in empty.rglob("*") if p.is_file()] == []
+
+
+def test_prt_on_a_graph_trains_full_batch_steps(compose, root, tmp_path) -> None:
+    """`cprec prt dataset=cora`: each precision level trains prt.steps_per_bits full-graph
+    steps; the bounds land in outputs/prt/gcn-cora.json."""
+    from cprec.range_test import run_prt
+
+    cfg = compose(["dataset=cora", f"dataset.root={root}", f"output_root={tmp_path}"], "prt")
+    result = run_prt(cfg, tmp_path / "run")
+    assert 3 <= result["lower_bits"] <= result["upper_bits"] == 8  # seed 0: 3..8, 40 steps
+    assert result["steps"] == 20 * (result["lower_bits"] - 1)
+    assert result["batch_size"] == 1 and (tmp_path / "prt" / "gcn-cora.json").exists()

@@ -17,7 +17,6 @@ from cprec.engine import Trainer
 from cprec.errors import CprecError, DataError
 
 PLANETOID = ROOT.parent / "shared" / "data" / "planetoid"
-pytest.importorskip("torch_geometric", reason='needs PyTorch Geometric: pip install -e ".[graph]"')
 NODES = {"cora": 2708, "citeseer": 3327}
 FEATURES = {"cora": 1433, "citeseer": 3703}
 CLASSES = {"cora": 7, "citeseer": 6}
@@ -26,6 +25,7 @@ CLASSES = {"cora": 7, "citeseer": 6}
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """A copy of the shared raw files (a download or PyG's cache must never write there)."""
+    pytest.importorskip("torch_geometric", reason='needs PyTorch Geometric: pip install -e ".[graph]"')
     if not (PLANETOID / "Cora" / "raw").is_dir():
         pytest.skip(f"the Planetoid raw files are not in {PLANETOID}")
     dest = tmp_path_factory.mktemp("planetoid")
@@ -93,13 +93,13 @@ def test_resume_from_a_middle_checkpoint_is_bit_exact(compose, root, tmp_path) -
     assert resumed == whole
 
 
-def test_missing_extra_is_one_line(compose, root, monkeypatch) -> None:
+def test_missing_extra_is_one_line(compose, tmp_path, monkeypatch) -> None:
     """Without PyTorch Geometric importable, building a graph task names the extra to install
     (monkeypatch undoes the sys.modules block after the test)."""
     monkeypatch.setitem(sys.modules, "torch_geometric", None)
     needle = r'dataset=cora needs PyTorch Geometric: pip install -e "\.\[graph\]"'
     with pytest.raises(CprecError, match=needle):
-        build_run(compose(["dataset=cora", f"dataset.root={root}"]))
+        build_run(compose(["dataset=cora", f"dataset.root={tmp_path}"]))
 
 
 def test_missing_extra_from_the_command_line(tmp_path) -> None:
@@ -116,17 +116,34 @@ def test_missing_extra_from_the_command_line(tmp_path) -> None:
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+def test_only_loading_graph_data_imports_pyg(tmp_path) -> None:
+    """Non-graph runs and a graph run's plan (`cprec schedule`) never import PyTorch Geometric."""
+    import subprocess
+
+    code = ("import sys; from cprec.build import plan_run; from cprec.models import build_model; "
+            "from cprec.config import TrainConfig, DatasetConfig, ModelConfig; "
+            "from cprec.data import DatasetInfo; "
+            "plan_run(TrainConfig(dataset=DatasetConfig(name='cora'))); "
+            "build_model(ModelConfig(name='gcn'), DatasetInfo('cora', 1433, 1, 7)); "
+            "print('torch_geometric' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+
+
 def test_missing_raw_files_name_what_is_missing(compose, tmp_path) -> None:
     """An empty dataset.root (no download): one DataError naming the files and dataset.root."""
+    pytest.importorskip("torch_geometric", reason='needs PyTorch Geometric: pip install -e ".[graph]"')
     with pytest.raises(DataError, match=r"dataset.root=.* ind\.citeseer\.x, ind\.citeseer\.tx, .*"
                                         r"ind\.citeseer\.test\.index not found in .*CiteSeer/raw"):
         build_run(compose(["dataset=citeseer", f"dataset.root={tmp_path}", "dataset.download=false"]))
 
 
-def test_image_model_on_a_graph_is_refused(compose, root) -> None:
+def test_image_model_on_a_graph_is_refused(compose, tmp_path) -> None:
+    """An image model on a graph dataset: one line naming the graph models (PyG not needed)."""
     with pytest.raises(CprecError, match=r"model.name='mlp' is invalid: dataset=cora takes a graph "
                                          r"model: choose one of \['gcn', 'sage'\]"):
-        build_run(compose(["dataset=cora", "model=mlp", f"dataset.root={root}"]))
+        build_run(compose(["dataset=cora", "model=mlp", f"dataset.root={tmp_path}"]))
 
 
 @pytest.mark.slow

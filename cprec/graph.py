@@ -27,7 +27,7 @@ from torch import nn
 from cprec.config import DatasetConfig, TrainConfig
 from cprec.data import DEFAULT_DATA_ROOT, DatasetInfo
 from cprec.errors import ConfigError, CprecError, DataError
-from cprec.models.gnn import GRAPH_MODELS, Graph
+from cprec.models.gnn import Graph
 from cprec.tasks import AccuracyWindow, Task, TaskFamily
 
 # dataset -> (PyG's folder name, nodes, features, classes), known without loading
@@ -181,11 +181,12 @@ class NodeClassificationTask(Task):
 
 
 def check_graph_config(cfg: TrainConfig) -> None:
-    """What a graph run cannot take: an image model, image augmentation or normalisation."""
+    """What a graph run cannot take, before the data loads: an image model, image
+    augmentation or normalisation."""
+    from cprec.models import check_model_fits
+
     d = cfg.dataset
-    if cfg.model.name not in GRAPH_MODELS:
-        raise ConfigError("model.name", cfg.model.name, f"dataset={d.name} takes a graph model: "
-                          f"choose one of {sorted(GRAPH_MODELS)}")
+    check_model_fits(cfg.model.name, d.name)
     if d.augment or d.mean is not None:
         key, value = ("dataset.augment", d.augment) if d.augment else ("dataset.mean", d.mean)
         raise ConfigError(key, value, f"dataset={d.name} has node features, not images; its "

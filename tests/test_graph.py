@@ -139,11 +139,19 @@ def test_missing_raw_files_name_what_is_missing(compose, tmp_path) -> None:
         build_run(compose(["dataset=citeseer", f"dataset.root={tmp_path}", "dataset.download=false"]))
 
 
-def test_image_model_on_a_graph_is_refused(compose, tmp_path) -> None:
-    """An image model on a graph dataset: one line naming the graph models (PyG not needed)."""
-    with pytest.raises(CprecError, match=r"model.name='mlp' is invalid: dataset=cora takes a graph "
-                                         r"model: choose one of \['gcn', 'sage'\]"):
-        build_run(compose(["dataset=cora", "model=mlp", f"dataset.root={tmp_path}"]))
+def test_models_and_datasets_of_other_kinds_are_refused(compose, tmp_path) -> None:
+    """An image model on a graph dataset, a graph model on images: one line each, before any
+    data loads (PyG not needed), in training and in `cprec schedule` previews."""
+    from cprec.schedule_preview import preview_schedule
+
+    image_on_graph = compose(["dataset=cora", "model=mlp", f"dataset.root={tmp_path}"])
+    for run in (build_run, lambda c: preview_schedule(c, tmp_path)):
+        with pytest.raises(CprecError, match=r"model.name='mlp' is invalid: dataset=cora takes a "
+                                             r"graph model: choose one of \['gcn', 'sage'\]"):
+            run(image_on_graph)
+    with pytest.raises(CprecError, match=r"model.name='gcn' is invalid: a graph model needs a graph "
+                                         r"dataset: dataset=cora or citeseer, not digits"):
+        build_run(compose(["model=gcn"]))
 
 
 @pytest.mark.slow

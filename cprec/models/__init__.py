@@ -25,8 +25,22 @@ MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {
 }
 
 
+def check_model_fits(model: str, dataset: str) -> None:
+    """A registered model name; a graph model goes with a graph dataset only, and the other
+    way round (one-line ConfigError, before any data is loaded)."""
+    from cprec.tasks import GRAPH_DATASETS
+
+    if model not in MODELS:
+        raise ConfigError("model.name", model, f"choose one of {sorted(MODELS)}")
+    if dataset in GRAPH_DATASETS and model not in GRAPH_MODELS:
+        raise ConfigError("model.name", model, f"dataset={dataset} takes a graph model: "
+                          f"choose one of {sorted(GRAPH_MODELS)}")
+    if model in GRAPH_MODELS and dataset not in GRAPH_DATASETS:
+        raise ConfigError("model.name", model, f"a graph model needs a graph dataset: "
+                          f"dataset={' or '.join(GRAPH_DATASETS)}, not {dataset}")
+
+
 def build_model(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     """Build a registered model for a dataset's channels, image size and classes."""
-    if cfg.name not in MODELS:
-        raise ConfigError("model.name", cfg.name, f"choose one of {sorted(MODELS)}")
+    check_model_fits(cfg.name, info.name)
     return MODELS[cfg.name](cfg, info)

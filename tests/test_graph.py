@@ -73,6 +73,18 @@ def test_quantized_runs_train(compose, root, tmp_path, model: str, schedule: str
     assert summary["bits_fw_min"] == (3 if schedule == "cpt_cosine" else 8)
 
 
+@pytest.mark.parametrize("model", ["gcn", "sage"])
+def test_bf16_autocast_keeps_the_aggregation_in_float32(compose, root, tmp_path, model: str) -> None:
+    """amp=bf16 casts the dense transforms; the sparse aggregation runs in float32 outside it."""
+    from cprec.engine import step_plugins
+
+    cfg = graph_cfg(compose, root, f"model={model}", "amp=bf16", "schedule=fp32", "trainer.epochs=5",
+                    "trainer.eval_every=5")
+    parts = build_run(cfg)
+    summary = Trainer(parts, tmp_path, step_plugins(parts)).run()
+    assert summary["status"] == "completed" and summary["final_loss"] < 2.0
+
+
 def test_citeseer_and_sage_build_from_known_shapes(compose, root) -> None:
     """CiteSeer (isolated nodes included) builds with either model; the plan needs no data."""
     for model in ("gcn", "sage"):

@@ -62,6 +62,13 @@ class Graph:
         return int((self.gcn_adjacency() if kind == "gcn" else self.mean_adjacency())._nnz())
 
 
+def aggregate(matrix: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """matrix @ h in float32, outside autocast (``amp`` casts the dense transforms only): the
+    aggregation stays full precision, as the ledger assumes."""
+    with torch.autocast(h.device.type, enabled=False):
+        return torch.sparse.mm(matrix, h.float())
+
+
 class GCNLayer(nn.Module):
     """Â (X W) + b: the dense transform (``lin``, no bias) then the sparse aggregation; the
     bias comes after it, as in Kipf & Welling's layer and PyG's GCNConv."""
@@ -73,7 +80,7 @@ class GCNLayer(nn.Module):
         nn.init.xavier_uniform_(self.lin.weight)  # Glorot, as their code
 
     def forward(self, x: torch.Tensor, graph: Graph) -> torch.Tensor:
-        return torch.sparse.mm(graph.gcn_adjacency(), self.lin(x)) + self.bias
+        return aggregate(graph.gcn_adjacency(), self.lin(x)) + self.bias
 
 
 class SAGELayer(nn.Module):
@@ -94,7 +101,7 @@ class SAGELayer(nn.Module):
 
     def forward(self, x: torch.Tensor, graph: Graph) -> torch.Tensor:
         neighbour, root = self.lin(x).split(self.d_out, dim=1)
-        return torch.sparse.mm(graph.mean_adjacency(), neighbour) + self.bias + root
+        return aggregate(graph.mean_adjacency(), neighbour) + self.bias + root
 
 
 def sparse_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

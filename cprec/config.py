@@ -22,7 +22,7 @@ FLOAT_OVERFLOW = ("saturate", "inf")
 # computes: a resumed run may change them, `cprec report` does not group runs by them, and
 # Hydra leaves them out of sweep job names (train.yaml's exclude_keys, tested to agree).
 RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root",
-                       "dataset.download", "trainer.progress", "trainer.threads",
+                       "dataset.download", "dataset.workers", "trainer.progress", "trainer.threads",
                        "trainer.device", "trainer.checkpoint_every", "trainer.dist_timeout_s")
 
 
@@ -30,8 +30,13 @@ RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root
 class ModelConfig:
     name: str = "resnet20"
     width: int = 16  # channels of the first stage (CIFAR ResNets, lenet scale)
-    hidden: int = 256  # hidden units (mlp, gcn, sage)
-    dropout: float = 0.0  # dropout probability (gcn, sage: before each layer)
+    hidden: int = 256  # hidden units (mlp, gcn, sage); embedding = hidden units (lstm, transformer_lm)
+    # language models (cprec/models/lstm.py, transformer_lm.py)
+    layers: int = 2  # LSTM layers / Transformer blocks
+    dropout: float = 0.0  # lstm, transformer_lm; gcn, sage: before each layer
+    tied: bool = True  # decoder weight tied to the embedding
+    heads: int = 4  # transformer_lm attention heads
+    arch: str = "resnet18"  # model=torchvision: any torchvision classification model's name
 
 
 @dataclass
@@ -54,6 +59,14 @@ class DatasetConfig:
     channels: int = 3
     size: int = 32
     classes: int = 10
+    # language models (cprec/lm_task.py): tokens per training window (truncated BPTT)
+    bptt: int = 35
+    # imagefolder only (cprec/imagefolder.py): training crops (RandomResizedCrop) and the
+    # evaluation's center crop are image_size; evaluation resizes the short side to resize
+    # first; workers: DataLoader worker processes (0 = decode in the training process)
+    image_size: int = 224
+    resize: int = 256
+    workers: int = 2
 
 
 @dataclass
@@ -92,6 +105,9 @@ class QuantConfig:
     format: str = "fixed"  # fixed | float
     quantize_first: bool = True
     quantize_last: bool = False
+    # module-name patterns (fnmatch, e.g. "*downsample*") of Conv2d/Linear layers kept in full
+    # precision besides the first/last rule (CPT's ImageNet ResNets: the shortcut convs)
+    keep_full: list[str] = field(default_factory=list)
     # the final classifier's bits when quantize_last: null = the schedule's, an int = always
     # that many (forward and error), auto = the schedule's but never below cprec's guideline
     # ceil(log2(classes + 1)) (precision.py)
@@ -134,6 +150,7 @@ class OptimConfig:
     state_format: str = "fp32"  # momentum / Adam moments: fp32 | bf16 | fp16 | e<E>m<M>
     real_dtype: bool = False  # bf16/fp16 weights as real torch.bfloat16/float16 tensors
     kahan_buffer: str = "weight"  # kahan: compensation stored in the weight format (paper) | fp32
+    grad_clip: float | None = None  # clip the gradients' global L2 norm to this (null = no clipping)
 
 
 @dataclass
@@ -277,16 +294,25 @@ def check_trainer(t: TrainerConfig) -> None:
     require(t.dist_timeout_s > 0, "trainer.dist_timeout_s", t.dist_timeout_s, "must be positive seconds")
 
 
-def check_model(m: ModelConfig) -> None:
-    require(0 <= m.dropout < 1, "model.dropout", m.dropout, "a probability in [0, 1)")
-
-
 def check_dataset(d: DatasetConfig) -> None:
     for key in ("train_subset", "test_subset"):
         _positive_or_null(f"dataset.{key}", getattr(d, key), "count")
     require((d.mean is None) == (d.std is None), "dataset.mean", d.mean,
             "set dataset.mean and dataset.std together (or neither: the training set's own)")
     require(d.std is None or all(v > 0 for v in d.std), "dataset.std", d.std, "must be positive")
+    require(d.bptt > 0, "dataset.bptt", d.bptt, "must be a positive number of tokens")
+    require(d.image_size > 0, "dataset.image_size", d.image_size, "must be a positive pixel count")
+    require(d.resize >= d.image_size, "dataset.resize", d.resize,
+            f"the evaluation resizes to it, then center-crops dataset.image_size={d.image_size}: "
+            f"it must be at least that")
+    require(d.workers >= 0, "dataset.workers", d.workers, "must be >= 0 (0: load in the main process)")
+
+
+def check_model(m: ModelConfig) -> None:
+    require(m.hidden > 0, "model.hidden", m.hidden, "must be positive")
+    require(m.layers > 0, "model.layers", m.layers, "must be positive")
+    require(m.heads > 0, "model.heads", m.heads, "must be positive")
+    require(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)")
 
 
 def check_quant(q: QuantConfig) -> None:
@@ -332,8 +358,8 @@ def validate(cfg: TrainConfig) -> None:
     from cprec.schedules import check_learned_format, check_schedule
 
     check_trainer(cfg.trainer)
-    check_model(cfg.model)
     check_dataset(cfg.dataset)
+    check_model(cfg.model)
     check_optim(cfg.optim)
     check_schedule(cfg.schedule)
     check_learned_format(cfg)
@@ -342,6 +368,9 @@ def validate(cfg: TrainConfig) -> None:
     check_loss_scale(cfg)
     check_amp(cfg)
     require_choice("logger", cfg.logger, SINKS)
+    require(cfg.trainer.devices == 1 or cfg.dataset.name != "imagefolder", "trainer.devices",
+            cfg.trainer.devices, "data-parallel training does not shard dataset=imagefolder's "
+            "streaming loader; use trainer.devices=1")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -213,12 +213,16 @@ def run_summary(trainer: Trainer, status: str, last: dict | None) -> dict:
 
 def step_plugins(parts: RunParts) -> list[StepPlugin]:
     """The plugins the config asks for: real mixed precision (amp.py), loss scaling
-    (loss_scale.py), learned precision (ldp.py; last: it sees the unscaled gradients)."""
+    (loss_scale.py), learned precision (ldp.py; it sees the unscaled gradients), gradient
+    clipping (step.py; last: it clips the unscaled gradients the optimizer will use)."""
     from cprec.amp import build_amp
     from cprec.ldp import ldp_step
     from cprec.loss_scale import build_loss_scaling
+    from cprec.step import grad_clip
 
-    return [p for p in (build_amp(parts), build_loss_scaling(parts), ldp_step(parts)) if p is not None]
+    plugins = (build_amp(parts), build_loss_scaling(parts), ldp_step(parts),
+               grad_clip(parts.model, parts.cfg.optim.grad_clip))
+    return [p for p in plugins if p is not None]
 
 
 def run_train(cfg: TrainConfig, out_dir: Path) -> dict:

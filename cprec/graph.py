@@ -211,5 +211,5 @@ def dummy_graph(info: DatasetInfo) -> tuple[torch.Tensor, Graph]:
     return torch.zeros(nodes, info.channels), Graph(torch.zeros(2, 0, dtype=torch.int64), nodes)
 
 
-def graph_family() -> TaskFamily:
+def family() -> TaskFamily:
     return TaskFamily(graph_shape, build_graph_task, dummy_graph)

@@ -64,6 +64,8 @@ def check_optim(cfg: OptimConfig) -> None:
 
     require_choice("optim.name", cfg.name, OPTIMIZERS)
     require(cfg.lr > 0, "optim.lr", cfg.lr, "the learning rate must be positive")
+    require(cfg.grad_clip is None or cfg.grad_clip > 0, "optim.grad_clip", cfg.grad_clip,
+            "a positive gradient-norm bound or null")
     require(cfg.weight_decay >= 0, "optim.weight_decay", cfg.weight_decay, "must be >= 0")
     require(0 <= cfg.momentum < 1, "optim.momentum", cfg.momentum, "must be in [0, 1)")
     require_choice("optim.lr_schedule", cfg.lr_schedule, LR_SCHEDULES)

@@ -34,19 +34,22 @@ def _wrap(label: str, width: int = 90) -> str:
     return textwrap.fill(label.replace(",", ", "), width).replace(", ", ",")
 
 
-def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int = 0) -> None:
-    """Final accuracy against GBitOPs per group, error bars over seeds, Pareto front marked."""
-    shown = [r for r in rows if r["final_acc_mean"] is not None and r["gbitops_mean"] is not None]
+def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int = 0,
+                     metric: str = "acc") -> None:
+    """Final accuracy (``metric="ppl"``: perplexity, lower is better) against GBitOPs per
+    group, error bars over seeds, Pareto front marked."""
+    key, scale = f"final_{metric}", (100 if metric == "acc" else 1)
+    shown = [r for r in rows if r[f"{key}_mean"] is not None and r["gbitops_mean"] is not None]
     labels = [_wrap(f"{r['group']} ({r['completed']}/{r['runs']} runs)") for r in shown]
     legend_lines = sum(label.count("\n") + 1 for label in labels) + 1
     fig = Figure(figsize=(8, 4.5 + 0.2 * legend_lines), layout="constrained")
     ax = fig.add_subplot()
     for i, (r, label) in enumerate(zip(shown, labels)):
-        ax.errorbar(r["gbitops_mean"], 100 * r["final_acc_mean"], xerr=r["gbitops_std"] or 0,
-                    yerr=100 * (r["final_acc_std"] or 0), fmt="o", capsize=4, color=f"C{i % 10}",
+        ax.errorbar(r["gbitops_mean"], scale * r[f"{key}_mean"], xerr=r["gbitops_std"] or 0,
+                    yerr=scale * (r[f"{key}_std"] or 0), fmt="o", capsize=4, color=f"C{i % 10}",
                     label=label)
-    front = sorted((r["gbitops_mean"], 100 * r["final_acc_mean"]) for r in shown if r["pareto"])
-    if front:  # the best accuracy reachable at each cost: a staircase through the front
+    front = sorted((r["gbitops_mean"], scale * r[f"{key}_mean"]) for r in shown if r["pareto"])
+    if front:  # the best accuracy (perplexity) reachable at each cost: a staircase through the front
         xs, ys = zip(*front)
         ax.plot(xs, ys, "--", color="0.4", zorder=0, drawstyle="steps-post")
         ax.scatter(xs, ys, s=220, facecolors="none", edgecolors="k", label="Pareto front")
@@ -57,8 +60,9 @@ def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training cost (GBitOPs)")
-    ax.set_ylabel("final test accuracy (%)")
-    title = "final accuracy vs training cost (mean ± sample std over seeds)"
+    what = "accuracy" if metric == "acc" else "perplexity"
+    ax.set_ylabel("final test accuracy (%)" if metric == "acc" else "final test perplexity (lower is better)")
+    title = f"final {what} vs training cost (mean ± sample std over seeds)"
     if not_completed:
         title += f"\n{not_completed} run(s) failed, diverged or unfinished: see report.md"
     ax.set_title(title, fontsize=10, color="k" if not not_completed else "C3")
@@ -101,7 +105,8 @@ def schedule_curve(summary: dict) -> tuple[list[int], list[int], list[int]] | No
 
 
 def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
-    """Bits (top) and accuracy (bottom) over training steps for one run; False if no data."""
+    """Bits (top) and accuracy or perplexity (bottom) over training steps for one run; False
+    if no data."""
     records = read_metrics(run_dir)
     if not records:
         return False
@@ -123,10 +128,13 @@ def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
     top.set_ylabel("bits")
     top.legend(fontsize=8, loc="best")
     top.grid(alpha=0.3)
-    bottom.plot(steps, [100 * r["test_acc"] for r in records], "o-", ms=3, label="test")
-    bottom.plot(steps, [100 * r["train_acc"] for r in records], ".--", ms=3, label="train (window)")
+    metric, scale = ("ppl", 1) if "test_ppl" in records[-1] else ("acc", 100)
+    bottom.plot(steps, [scale * r[f"test_{metric}"] for r in records], "o-", ms=3, label="test")
+    bottom.plot(steps, [scale * r[f"train_{metric}"] for r in records], ".--", ms=3, label="train (window)")
     bottom.set_xlabel("training step")
-    bottom.set_ylabel("accuracy (%)")
+    bottom.set_ylabel("accuracy (%)" if metric == "acc" else "perplexity")
+    if metric == "ppl":
+        bottom.set_yscale("log")
     bottom.legend(fontsize=8, loc="best")
     bottom.grid(alpha=0.3)
     status = summary.get("status", "missing")

@@ -15,12 +15,13 @@ import logging
 from pathlib import Path
 
 from cprec import runs
+from cprec.bounds import model_id
 from cprec.build import ModelParts, build_model_parts
 from cprec.config import TrainConfig
 from cprec.errors import CprecError
 from cprec.paths import prt_result_path
 from cprec.quant import layer_bits, set_precision
-from cprec.step import TrainStep
+from cprec.step import TrainStep, grad_clip
 
 log = logging.getLogger("cprec")
 
@@ -47,7 +48,7 @@ def find_bounds(curve: list[dict], threshold: float, upper_bits: int | str) -> t
 def _train_level(parts: ModelParts, step: TrainStep, bits: int, bw: int, steps: int,
                  smoothing: int) -> dict:
     """Train ``steps`` steps at ``bits``; the level's row of the curve (last steps averaged)."""
-    task, metric = parts.task, parts.task.metric
+    task = parts.task
     set_precision(parts.model, bits, bw)
     layers = layer_bits(parts.model)
     records = []
@@ -60,7 +61,7 @@ def _train_level(parts: ModelParts, step: TrainStep, bits: int, bw: int, steps: 
         records.append(window.record())
     last = records[-smoothing:]
     return {"bits": bits, "steps": steps,
-            f"train_{metric}": sum(r[f"train_{metric}"] for r in last) / len(last),
+            "train_acc": sum(r["train_acc"] for r in last) / len(last),
             "train_loss": sum(r["train_loss"] for r in last) / len(last)}
 
 
@@ -70,7 +71,8 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
 
     p = cfg.prt
     parts = build_model_parts(cfg, p.batch_size)
-    step = TrainStep(parts.task, parts.model, parts.optimizer)
+    step = TrainStep(parts.task, parts.model, parts.optimizer,
+                     [c for c in [grad_clip(parts.model, cfg.optim.grad_clip)] if c is not None])
     bw = cfg.schedule.bw_bits
     curve: list[dict] = []
     lower = upper = None
@@ -88,13 +90,14 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
                          f"prt.threshold or raise prt.steps_per_bits")
     if upper is None:  # auto upper bound still rising at max_bits
         upper = curve[-1]["bits"]
-    result = {"status": "completed", "model": cfg.model.name, "dataset": cfg.dataset.name,
+    model = model_id(cfg.model)  # model=torchvision: with its arch (bounds.model_id)
+    result = {"status": "completed", "model": model, "dataset": cfg.dataset.name,
               "lower_bits": lower, "upper_bits": upper, "threshold": p.threshold,
               "steps": sum(r["steps"] for r in curve), "gbitops": parts.ledger.gbitops,
               "bw_bits": bw, "batch_size": parts.task.batch_size, "seed": cfg.seed, "curve": curve}
     runs.write_json(out_dir / "prt.json", result)
-    prt_curve(curve, lower, upper, out_dir / "prt.png", f"{cfg.model.name} on {cfg.dataset.name}")
-    shared = prt_result_path(cfg.output_root, cfg.model.name, cfg.dataset.name)
+    prt_curve(curve, lower, upper, out_dir / "prt.png", f"{model} on {cfg.dataset.name}")
+    shared = prt_result_path(cfg.output_root, model, cfg.dataset.name)
     runs.write_json(shared, result)
     result["path"] = str(shared)
     return result

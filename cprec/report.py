@@ -32,6 +32,8 @@ from cprec.runs import read_metrics, write_text
 STATS = ("final_acc", "best_acc", "gbitops", "relative_cost", "train_time_s")
 # what loss-scaled runs add (loss_scale.py); shown as columns when some group has them
 SCALING_STATS = ("underflow_rate", "skipped_steps")
+# what language-model runs report instead of accuracy (lm_task.py; lower is better)
+LM_STATS = ("final_ppl", "best_ppl")
 # overrides that do not change what a run computes: not part of a group's identity
 IGNORED_KEYS = {"seed", *RESULT_NEUTRAL_KEYS}
 IDENTITY = ("model", "dataset", "schedule")
@@ -82,7 +84,7 @@ class Group:
         for status in NOT_COMPLETED:
             out[status] = sum(r.status == status for r in self.runs)
         out["other"] = len(self.runs) - out["completed"] - sum(out[s] for s in NOT_COMPLETED)
-        for name in (*STATS, *SCALING_STATS):
+        for name in (*STATS, *LM_STATS, *SCALING_STATS):
             values = [float(v) for r in self.completed
                       if isinstance(v := r.summary.get(name), int | float) and math.isfinite(v)]
             out[f"{name}_mean"], out[f"{name}_std"] = mean_std(values)
@@ -196,16 +198,26 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return list(groups.values())
 
 
+def headline(stats: dict) -> tuple[str, float | None]:
+    """A group's quality, higher is better: ("acc", final accuracy), or for language models
+    ("ppl", minus the final perplexity)."""
+    if stats.get("final_ppl_mean") is not None:
+        return "ppl", -stats["final_ppl_mean"]
+    return "acc", stats["final_acc_mean"]
+
+
 def mark_pareto(groups: list[Group]) -> None:
-    """A group is on the front when no other group is as accurate at no more GBitOPs."""
-    points = {id(g): (s["gbitops_mean"], s["final_acc_mean"]) for g in groups
-              if (s := g.stats())["final_acc_mean"] is not None and s["gbitops_mean"] is not None}
+    """A group is on the front when no other group of its kind (accuracy, or perplexity) is as
+    good at no more GBitOPs."""
+    points = {id(g): (kind, s["gbitops_mean"], q) for g in groups
+              if (s := g.stats())["gbitops_mean"] is not None
+              and (kind := headline(s)[0]) and (q := headline(s)[1]) is not None}
     for g in groups:
         if id(g) not in points:
             continue
-        c, a = points[id(g)]
+        kind, c, a = points[id(g)]
         g.pareto = not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a)
-                           for k, (c2, a2) in points.items() if k != id(g))
+                           for k, (kind2, c2, a2) in points.items() if k != id(g) and kind2 == kind)
 
 
 def _pm(mean: float | None, std: float | None, fmt: str, scale: float = 1.0) -> str:
@@ -216,8 +228,11 @@ def _pm(mean: float | None, std: float | None, fmt: str, scale: float = 1.0) -> 
 
 def markdown(rows: list[dict], runs: list[Run]) -> str:
     """The table users read: accuracies in percent, mean ± sample std over seeds."""
-    head = ["group", "runs (ok/all)", "final acc %", "best acc %", "GBitOPs", "rel. cost",
-            "train time s", "Pareto"]
+    ppl = [s for s in LM_STATS if any(r[f"{s}_mean"] is not None for r in rows)]
+    # accuracy columns unless every group is a language model (perplexity columns instead)
+    acc = [s for s in ("final_acc", "best_acc") if not ppl or any(headline(r)[0] == "acc" for r in rows)]
+    head = ["group", "runs (ok/all)", *[s.replace("_acc", " acc %") for s in acc],
+            *[s.replace("_", " ") for s in ppl], "GBitOPs", "rel. cost", "train time s", "Pareto"]
     scaling = [s for s in SCALING_STATS if any(r[f"{s}_mean"] is not None for r in rows)]
     head += [s.replace("_", " ") for s in scaling]
     papers = any(r.get("paper") for r in rows)
@@ -227,8 +242,8 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
     for r in rows:
         bad = ", ".join(f"{r[s]} {s}" for s in (*NOT_COMPLETED, "other") if r[s])
         count = f"{r['completed']}/{r['runs']}" + (f" ({bad})" if bad else "")
-        cells = [r["group"], count, _pm(r["final_acc_mean"], r["final_acc_std"], ".2f", 100),
-                 _pm(r["best_acc_mean"], r["best_acc_std"], ".2f", 100),
+        cells = [r["group"], count, *[_pm(r[f"{s}_mean"], r[f"{s}_std"], ".2f", 100) for s in acc],
+                 *[_pm(r[f"{s}_mean"], r[f"{s}_std"], ".2f") for s in ppl],
                  _pm(r["gbitops_mean"], r["gbitops_std"], ".4g"),
                  _pm(r["relative_cost_mean"], r["relative_cost_std"], ".4f"),
                  _pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
@@ -237,12 +252,13 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
         if papers:
             cells += [r["paper"] or "-", r["measured"] or "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"mean ± {STD_NOTE}; * = on the Pareto front of final accuracy vs GBitOPs."]
+    front = "final accuracy" + (" (language models: final perplexity, lower is better)" if ppl else "")
+    lines += ["", f"mean ± {STD_NOTE}; * = on the Pareto front of {front} vs GBitOPs."]
     if papers:
         sources = sorted({r["paper_source"] for r in rows if r.get("paper")})
-        lines += ["", "paper: gains the preset's paper reports (best accuracy in points, cost in % "
-                  "of GBitOPs) over the named baseline; measured: the same from this report's "
-                  "runs. Sources: " + "; ".join(sources)]
+        lines += ["", "paper: gains the preset's paper reports (best accuracy in points or best "
+                  "perplexity, cost in % of GBitOPs) over the named baseline; measured: the same "
+                  "from this report's runs. Sources: " + "; ".join(sources)]
     bad_runs = [r for r in runs if r.status != "completed"]
     if bad_runs:
         lines += ["", f"runs that did not complete ({len(bad_runs)}):"]
@@ -272,8 +288,13 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
     if plots:
         from cprec import plots as plotting  # matplotlib only when plotting
 
-        plotting.accuracy_vs_cost(rows, out / "accuracy_vs_gbitops.png",
-                                  not_completed=sum(r.status != "completed" for r in runs))
+        failed = sum(r.status != "completed" for r in runs)
+        lm = [r for r in rows if headline(r)[0] == "ppl"]
+        if len(lm) < len(rows) or not lm:
+            plotting.accuracy_vs_cost([r for r in rows if r not in lm], out / "accuracy_vs_gbitops.png",
+                                      not_completed=failed)
+        if lm:
+            plotting.accuracy_vs_cost(lm, out / "perplexity_vs_gbitops.png", failed, metric="ppl")
         for stale in (out / "runs").glob("*.png"):  # plots of runs no longer reported
             stale.unlink()
         used: set[str] = set()
@@ -298,7 +319,7 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
     run_rows = [{"group": r.label, "path": str(r.path), "status": r.status,
                  "seed": r.summary.get("seed"), "error": r.summary.get("error"), "plot": r.plot,
                  "damaged": r.damaged,
-                 **{k: r.summary.get(k) for k in (*STATS, *SCALING_STATS)}} for r in runs]
+                 **{k: r.summary.get(k) for k in (*STATS, *LM_STATS, *SCALING_STATS)}} for r in runs]
     report = {"dirs": [str(d) for d in dirs], "std": STD_NOTE, "groups": rows, "runs": run_rows}
     write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     return text
@@ -315,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "run and sweep directories. Runs are grouped by their overrides "
                             "other than the seed; each group shows mean ± sample std over its "
                             "completed runs, and counts its failed or diverged ones.",
-                epilog="writes report.md, report.csv, report.json, accuracy_vs_gbitops.png and "
-                       "runs/*.png into --out")
+                epilog="writes report.md, report.csv, report.json, accuracy_vs_gbitops.png "
+                       "(language models: perplexity_vs_gbitops.png) and runs/*.png into --out")
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
                    help="run or sweep directories (searched recursively for summary.json)")
     p.add_argument("--out", type=Path, default=None,

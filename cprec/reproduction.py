@@ -12,7 +12,8 @@ Papers report a schedule against its static baseline (accuracy gain in points, c
 saving in percent), so that is what is compared: for a group of runs with a paper entry,
 the same quantities are measured against the group of the same report that differs only
 in its schedule settings and trains at the baseline's precision. CPT reports the best test
-accuracy over training; so does the measured gain.
+accuracy over training; so does the measured gain. Language models: the change of the best
+test perplexity (``ppl_gain``, negative is better).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-FIGURES = ("acc_gain", "cost_saving")  # points of (best) accuracy, percent of GBitOPs
+# points of (best) accuracy, percent of GBitOPs; language models: (best) perplexity change
+FIGURES = ("acc_gain", "cost_saving", "ppl_gain")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class PaperFigures:
     vs: str
     acc_gain: float | None = None
     cost_saving: float | None = None
+    ppl_gain: float | None = None  # perplexity change (negative: better)
 
 
 def precision_label(summary: dict) -> str:
@@ -50,24 +53,31 @@ def paper_figures(config: Any, summary: dict) -> PaperFigures | None:
     return PaperFigures(str(paper.get("source", "")), str(entry["vs"]), **numbers)
 
 
-def describe(acc_gain: float | None, cost_saving: float | None, vs: str) -> str:
-    """``+0.91 pts, -36.67% cost vs 8/8`` (a missing figure is left out)."""
+def describe(acc_gain: float | None, cost_saving: float | None, vs: str,
+             ppl_gain: float | None = None) -> str:
+    """``+0.91 pts, -36.67% cost vs 8/8``; language models ``-0.56 ppl, ...`` (a missing
+    figure is left out)."""
     parts = []
     if acc_gain is not None:
         parts.append(f"{acc_gain:+.2f} pts")
+    if ppl_gain is not None:
+        parts.append(f"{ppl_gain:+.2f} ppl")
     if cost_saving is not None:
         parts.append(f"-{cost_saving:.2f}% cost")
     return f"{', '.join(parts)} vs {vs}" if parts else "-"
 
 
-def measured_gains(stats: dict, baseline: dict) -> tuple[float | None, float | None]:
-    """(best-accuracy gain in points, cost saving in %) of a group's stats over a baseline's."""
-    acc = cost = None
+def measured_gains(stats: dict, baseline: dict) -> tuple[float | None, float | None, float | None]:
+    """(best-accuracy gain in points, cost saving in %, best-perplexity change) of a group's
+    stats over a baseline's."""
+    acc = cost = ppl = None
     if stats.get("best_acc_mean") is not None and baseline.get("best_acc_mean") is not None:
         acc = 100 * (stats["best_acc_mean"] - baseline["best_acc_mean"])
     if stats.get("gbitops_mean") and baseline.get("gbitops_mean"):
         cost = 100 * (1 - stats["gbitops_mean"] / baseline["gbitops_mean"])
-    return acc, cost
+    if stats.get("best_ppl_mean") is not None and baseline.get("best_ppl_mean") is not None:
+        ppl = stats["best_ppl_mean"] - baseline["best_ppl_mean"]
+    return acc, cost, ppl
 
 
 def _setting(params: dict[str, str]) -> tuple:
@@ -87,7 +97,8 @@ def compare_with_papers(rows: list[dict], params: list[dict[str, str]], labels: 
             row["paper"] = row["paper_source"] = row["measured"] = ""
             continue
         base = keyed.get((_setting(p), fig.vs))
-        row["paper"] = describe(fig.acc_gain, fig.cost_saving, fig.vs)
+        row["paper"] = describe(fig.acc_gain, fig.cost_saving, fig.vs, fig.ppl_gain)
         row["paper_source"] = fig.source
-        row["measured"] = (describe(*measured_gains(row, base), fig.vs) if base is not None
+        acc, cost, ppl = measured_gains(row, base) if base is not None else (None, None, None)
+        row["measured"] = (describe(acc, cost, fig.vs, ppl) if base is not None
                            else f"no {fig.vs} runs in this report")

@@ -57,6 +57,24 @@ class StepPlugin:
         pass
 
 
+class GradClip(StepPlugin):
+    """Clip the model's gradients to a global L2 norm (``optim.grad_clip``), after loss
+    scaling has unscaled them and before the optimizer (the classic LSTM recipe's 0.25)."""
+
+    name = "grad_clip"
+
+    def __init__(self, model: nn.Module, max_norm: float) -> None:
+        self.params, self.max_norm = [p for p in model.parameters() if p.requires_grad], max_norm
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> bool:
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        return True
+
+
+def grad_clip(model: nn.Module, max_norm: float | None) -> GradClip | None:
+    return None if max_norm is None else GradClip(model, max_norm)
+
+
 class TrainStep:
     """``step(batch)`` trains on one batch and returns the task's (detached loss, outputs)."""
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.config import DatasetConfig, TrainConfig
+from cprec.corpora import CORPORA
 from cprec.data import (
     DATASETS,
     BatchStream,
@@ -207,10 +208,22 @@ def _images() -> TaskFamily:
                       lambda info: torch.zeros(1, info.channels, info.size, info.size))
 
 
-def _graphs() -> TaskFamily:
-    from cprec.graph import graph_family  # PyTorch Geometric is imported when data loads
+def _language() -> TaskFamily:
+    from cprec.lm_task import family  # token windows, carried state, perplexity
 
-    return graph_family()
+    return family()
+
+
+def _imagefolder() -> TaskFamily:
+    from cprec.imagefolder import family
+
+    return family()
+
+
+def _graphs() -> TaskFamily:
+    from cprec.graph import family  # PyTorch Geometric is imported when data loads
+
+    return family()
 
 
 GRAPH_DATASETS = ("cora", "citeseer")  # cprec/graph.py's PLANETOID
@@ -218,6 +231,8 @@ GRAPH_DATASETS = ("cora", "citeseer")  # cprec/graph.py's PLANETOID
 # dataset name -> its task family, built on first use (a family may import optional packages)
 FAMILIES: dict[str, Callable[[], TaskFamily]] = {
     **{name: _images for name in DATASETS},
+    **{name: _language for name in CORPORA},
+    "imagefolder": _imagefolder,
     **{name: _graphs for name in GRAPH_DATASETS},
 }
 

@@ -22,6 +22,27 @@ from cprec.quant import set_precision
 from cprec.step import TrainStep
 
 
+def time_steps(task, step: TrainStep, device: torch.device, steps: int, warmup: int
+               ) -> tuple[list[float], list[float]]:
+    """(seconds waiting for each batch, seconds of each whole step) over ``steps`` training
+    steps after ``warmup`` untimed ones (scripts/bench_imagefolder.py uses it too)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    data_times, step_times = [], []
+    for i in range(steps + warmup):
+        sync()
+        t0 = time.perf_counter()
+        batch = task.next_batch()
+        sync()
+        t1 = time.perf_counter()
+        step(batch)
+        sync()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            data_times.append(t1 - t0)
+            step_times.append(t2 - t0)
+    return data_times, step_times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
@@ -35,21 +56,7 @@ def main() -> None:
     device, task = parts.device, parts.task
     set_precision(parts.model, 32, 32)  # schedule=fp32
     step = TrainStep(task, parts.model, parts.optimizer)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    data_times, step_times = [], []
-    for i in range(args.steps + 3):  # 3 warm-up steps
-        sync()
-        t0 = time.perf_counter()
-        batch = task.next_batch()
-        sync()
-        t1 = time.perf_counter()
-        step(batch)
-        sync()
-        t2 = time.perf_counter()
-        if i >= 3:
-            data_times.append(t1 - t0)
-            step_times.append(t2 - t0)
+    data_times, step_times = time_steps(task, step, device, args.steps, warmup=3)
     median = statistics.median(step_times)
     share = sum(data_times) / sum(step_times)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")

@@ -82,3 +82,20 @@ def _reference_kernels():
 
     set_backend("reference")
     yield
+
+
+def whole_and_resumed(cfg, tmp_path: Path, split: int) -> tuple[dict, dict]:
+    """Summaries of an uninterrupted run (``tmp_path/whole``) and of the same run stopped at
+    its step-``split`` checkpoint and resumed by a new Trainer (``tmp_path/split``)."""
+    from dataclasses import replace
+
+    from cprec import runs
+    from cprec.build import build_run
+    from cprec.engine import Trainer
+
+    whole = Trainer(build_run(cfg), tmp_path / "whole").run()
+    first = Trainer(build_run(cfg), tmp_path / "split")
+    first.parts.plan = replace(first.parts.plan, total_steps=split)
+    first.run()  # a prefix with the whole run's schedule and lr: its checkpoint at `split`
+    (tmp_path / "split" / runs.SUMMARY).unlink()
+    return whole, Trainer(build_run(cfg), tmp_path / "split").run()

@@ -8,8 +8,8 @@ import torch
 from cprec.config import TrainConfig
 from cprec.data import DatasetInfo
 from cprec.errors import ConfigError
-from cprec.models import build_model
-from cprec.models.gnn import GRAPH_MODELS
+from cprec.models import LANGUAGE_MODELS, build_model
+from cprec.models.gnn import GRAPH_MODELS, Graph
 from cprec.paths import config_dir
 from cprec.quant import build_quantized, quant_layers
 from cprec.schedules import build_schedule
@@ -24,9 +24,10 @@ def options(group: str) -> list[str]:
 def test_groups_are_populated() -> None:
     """The names DESIGN.md promises exist as config options."""
     assert set(options("model")) >= {"mlp", "lenet", "resnet20", "resnet38", "resnet56", "resnet74",
-                                     "resnet110", "mobilenetv2"}
+                                     "resnet110", "mobilenetv2", "torchvision"}
     assert set(options("dataset")) == {"digits", "fashion_mnist", "mnist", "cifar10", "cifar100",
-                                       "synthetic", "cora", "citeseer"}
+                                       "synthetic", "tiny_shakespeare", "ptb", "wikitext2", "wikitext103",
+                                       "imagefolder", "cora", "citeseer"}
     assert {"fp32", "static", "cpt_cosine", "deficit"} <= set(options("schedule"))
     assert len([s for s in options("schedule") if s.startswith("cpt_") and s != "cpt_ldp"]) == 12
     assert {"ldp", "cpt_ldp"} <= set(options("schedule"))
@@ -34,12 +35,21 @@ def test_groups_are_populated() -> None:
                                         for s in ("growth", "decay")}  # Better Schedules' names
 
 
-@pytest.mark.parametrize("name", [m for m in options("model") if m not in GRAPH_MODELS])
+@pytest.mark.parametrize("name", options("model"))
 def test_every_model_option_builds(compose, name: str) -> None:
-    """Every image model option composes under its own name and maps a 3x32x32 batch to 10
-    logits (the graph models: tests/test_graph.py)."""
+    """Every model option composes under its own name and maps a 3x32x32 batch to 10 logits
+    (a language model: windows of 8 tokens to 10 logits per token; a graph model: 3 nodes'
+    features to their 10 logits)."""
     cfg = compose([f"model={name}"])
     assert cfg.model.name == name
+    if name in LANGUAGE_MODELS:
+        model = build_model(cfg.model, DatasetInfo("tiny_shakespeare", 1, 8, 10))
+        assert model(torch.zeros(2, 8, dtype=torch.long))[0].shape == (2, 8, 10)
+        return
+    if name in GRAPH_MODELS:
+        model = build_model(cfg.model, DatasetInfo("cora", 5, 1, 10))
+        assert model(torch.randn(3, 5), Graph(torch.tensor([[0, 1], [1, 0]]), 3)).shape == (3, 10)
+        return
     model = build_model(cfg.model, DatasetInfo("x", 3, 32, 10))
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -192,21 +202,23 @@ def test_train_yaml_repeats_no_schema_section() -> None:
 # what a preset may set besides its recipe, model and dataset: the values its paper's runs
 # changed per model (Better Schedules' MobileNetV2: forward 4..8 bits, lr 0.03)
 # (CPT's ResNet-110: a 400-step warm-up at lr 0.01)
+# (the ImageNet presets: which torchvision model)
 PRESET_EXTRAS = {"cpt_cifar": {"optim": {"warmup_steps", "warmup_lr"}},
+                 "cpt_imagenet": {"model": {"arch"}},
                  "bps_cifar": {"schedule": {"min_bits", "max_bits"}, "optim": {"lr"}},
-                 "bps_critical": {}, "kipf_gcn": {}}
+                 "bps_critical": {}, "cpt_ptb": {}, "char_lm": {}, "kipf_gcn": {}}
 
 
 @pytest.mark.parametrize("name", options("experiment"))
 def test_presets_state_only_model_and_dataset(name: str) -> None:
     """Every experiment preset is its paper's shared recipe (bps_* presets: bps_cifar, the
     others cpt_cifar) plus a model and a dataset, and at most the per-model values its
-    recipe allows; CPT presets carry the paper's figures for them."""
+    recipe allows; CPT presets carry the paper's figures for them (ImageNet: ResNet-18 only)."""
     import yaml
 
     raw = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
     recipe = raw["defaults"][0].removeprefix("/recipe/")
-    if recipe == "cpt_cifar":
+    if recipe in ("cpt_cifar", "cpt_ptb") or name == "imagenet_resnet18":
         assert set(raw.pop("paper")) == {"source", "results"}
     entries = [next(iter(e)) if isinstance(e, dict) else e for e in raw["defaults"]]
     assert entries == [f"/recipe/{recipe}", "override /model", "override /dataset"]

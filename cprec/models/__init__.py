@@ -10,28 +10,42 @@ from cprec.config import ModelConfig
 from cprec.data import DatasetInfo
 from cprec.errors import ConfigError
 from cprec.models.gnn import GRAPH_MODELS
+from cprec.models.lstm import lstm
 from cprec.models.mobilenetv2 import cpt_mobilenetv2, mobilenetv2
 from cprec.models.resnet import cifar_resnet
 from cprec.models.small import lenet, mlp
+from cprec.models.transformer_lm import transformer_lm
+from cprec.models.tv import torchvision_model
 
 MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {
     "mlp": mlp,
     "lenet": lenet,
     "mobilenetv2": mobilenetv2,
     "cpt_mobilenetv2": cpt_mobilenetv2,
+    "lstm": lstm,
+    "transformer_lm": transformer_lm,
+    "torchvision": torchvision_model,
     **{f"resnet{d}": (lambda c, i, d=d: cifar_resnet(d, c, i))
        for d in (20, 38, 56, 74, 110, 152)},
     **GRAPH_MODELS,  # node classification on dataset=cora|citeseer: forward(x, graph)
 }
 
+LANGUAGE_MODELS = ("lstm", "transformer_lm")  # token ids in, (logits, state) out
+
 
 def check_model_fits(model: str, dataset: str) -> None:
-    """A registered model name; a graph model goes with a graph dataset only, and the other
-    way round (one-line ConfigError, before any data is loaded)."""
+    """A registered model name that fits the dataset's kind: a language model goes with a
+    corpus, a graph model with a graph dataset, and only there (one-line ConfigError, before
+    any data is loaded)."""
+    from cprec.corpora import CORPORA
     from cprec.tasks import GRAPH_DATASETS
 
     if model not in MODELS:
         raise ConfigError("model.name", model, f"choose one of {sorted(MODELS)}")
+    if (model in LANGUAGE_MODELS) != (dataset in CORPORA):
+        raise ConfigError("model.name", model, f"dataset={dataset} needs " + (
+            f"one of {list(LANGUAGE_MODELS)}" if dataset in CORPORA else
+            f"an image model; {model} is a language model for {list(CORPORA)}"))
     if dataset in GRAPH_DATASETS and model not in GRAPH_MODELS:
         raise ConfigError("model.name", model, f"dataset={dataset} takes a graph model: "
                           f"choose one of {sorted(GRAPH_MODELS)}")

@@ -7,6 +7,8 @@ set from outside (``set_precision``), never passed through ``forward``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from functools import partial
 
 import torch
@@ -171,12 +173,14 @@ def compute_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def quantize_model(model: nn.Module, quantizer: Quantizer | None = None, rng: QuantRNG | None = None,
-                   quantize_first: bool = True, quantize_last: bool = False) -> nn.Module:
+                   quantize_first: bool = True, quantize_last: bool = False,
+                   keep_full: Sequence[str] = ()) -> nn.Module:
     """Swap the model's Conv2d/Linear layers for quantized ones (BatchNorm stays as it is),
     all sharing ``quantizer`` (default: fixed point) and ``rng`` (default: seed 0).
 
     The first and last compute layers (in registration order) are kept in full precision
-    unless ``quantize_first`` / ``quantize_last`` say otherwise. Works on any nn.Module,
+    unless ``quantize_first`` / ``quantize_last`` say otherwise, and so is every layer whose
+    qualified name matches a ``keep_full`` pattern (fnmatch). Works on any nn.Module,
     torchvision models included; the model is changed in place and returned.
     """
     quantizer = FixedPointQuantizer() if quantizer is None else quantizer
@@ -187,6 +191,7 @@ def quantize_model(model: nn.Module, quantizer: Quantizer | None = None, rng: Qu
         keep.add(names[0])
     if names and not quantize_last:
         keep.add(names[-1])
+    keep.update(n for n in names if any(fnmatchcase(n, p) for p in keep_full))
     modules = dict(model.named_modules())
     for name in names:
         if name not in keep:

@@ -30,10 +30,10 @@ RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root
 class ModelConfig:
     name: str = "resnet20"
     width: int = 16  # channels of the first stage (CIFAR ResNets, lenet scale)
-    hidden: int = 256  # hidden units (mlp); embedding = hidden units (lstm, transformer_lm)
+    hidden: int = 256  # hidden units (mlp, gcn, sage); embedding = hidden units (lstm, transformer_lm)
     # language models (cprec/models/lstm.py, transformer_lm.py)
     layers: int = 2  # LSTM layers / Transformer blocks
-    dropout: float = 0.0
+    dropout: float = 0.0  # lstm, transformer_lm; gcn, sage: before each layer
     tied: bool = True  # decoder weight tied to the embedding
     heads: int = 4  # transformer_lm attention heads
     arch: str = "resnet18"  # model=torchvision: any torchvision classification model's name
@@ -129,7 +129,7 @@ class QuantConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # sgd | adam (L2 added to the gradient, torch.optim.Adam) | adamw
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -141,6 +141,9 @@ class OptimConfig:
     warmup_steps: int = 0  # warm-up steps: linear from 0 to lr, or constant at warmup_lr
     warmup_lr: float | None = None  # a constant lr during warm-up (CPT's ResNet-110: 0.01)
     decay_all: bool = False  # weight decay on every parameter, BN and biases too (CPT's code)
+    # weight decay only on the parameters whose qualified names start with one of these
+    # prefixes (e.g. [conv1]: Kipf & Welling's GCN decays its first layer only); null = all
+    decay_only: list[str] | None = None
     # low-precision weights (lowp_optim.py): storage format, how updates reach it, state format
     weight_format: str = "fp32"  # fp32 | bf16 | fp16 | e<E>m<M> | fixed<B>
     update_rounding: str = "nearest"  # nearest | stochastic | kahan

@@ -1,4 +1,4 @@
-"""SGD and AdamW for weights stored in a low-precision format (arXiv 1810.05486).
+"""SGD, Adam and AdamW for weights stored in a low-precision format (arXiv 1810.05486).
 
 After every step each parameter holds a value of the weight format and nothing else: no
 fp32 master copy is kept. The update u the optimizer computes (in fp32, one parameter at a
@@ -61,11 +61,19 @@ def _adamw_update(w: torch.Tensor, g: torch.Tensor, group: dict, state: dict,
     return update.add_(w, alpha=group["weight_decay"]).mul_(-group["lr"])
 
 
-UPDATES = {"sgd": _sgd_update, "adamw": _adamw_update}
+def _adam_update(w: torch.Tensor, g: torch.Tensor, group: dict, state: dict,
+                 state_format: WeightFormat) -> torch.Tensor:
+    """Adam with L2 regularisation, as torch.optim.Adam computes it: wd * w joins the gradient."""
+    if group["weight_decay"]:
+        g = g.add(w, alpha=group["weight_decay"])
+    return _adamw_update(w, g, {**group, "weight_decay": 0.0}, state, state_format)
+
+
+UPDATES = {"sgd": _sgd_update, "adam": _adam_update, "adamw": _adamw_update}
 
 
 class LowPrecisionOptimizer(torch.optim.Optimizer):
-    """SGD or AdamW whose parameters live in ``fmt``, updated by ``rounding``.
+    """SGD, Adam or AdamW whose parameters live in ``fmt``, updated by ``rounding``.
 
     Building it rounds the parameters onto the format (for ``fixed<B>`` after picking each
     tensor's step). Its ``state_dict`` holds momentum/moments, compensation buffers, the

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cprec.config import OptimConfig
+from cprec.config import OptimConfig, require
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +25,12 @@ def _sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
                            nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
+def _adam(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    import torch
+
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
 def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     import torch
 
@@ -32,7 +38,7 @@ def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 OPTIMIZERS: dict[str, Callable[[list[dict], OptimConfig], torch.optim.Optimizer]] = {
-    "sgd": _sgd, "adamw": _adamw}
+    "sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 
 def _multistep(step: int, total_steps: int, cfg: OptimConfig) -> float:
@@ -93,7 +99,8 @@ def _check_weight_format(cfg: OptimConfig) -> None:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.optim.Optimizer:
     """The configured optimizer; BatchNorm and bias parameters get no weight decay unless
-    ``optim.decay_all`` (CPT's code decays every parameter).
+    ``optim.decay_all`` (CPT's code decays every parameter); with ``optim.decay_only`` only
+    the parameters under those name prefixes decay (a prefix naming none is a config error).
 
     With a low-precision ``optim.weight_format`` it is lowp_optim's optimizer (same SGD /
     AdamW math), which also puts the weights into that format (``seed`` keys its stochastic
@@ -107,8 +114,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.
 
         store_weights_in(model, cfg.weight_format)
     decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.dim() <= 1 and not cfg.decay_all else decay).append(p)
+    prefixes = _decay_prefixes(model, cfg)
+    for name, p in model.named_parameters():
+        decays = (p.dim() > 1 or cfg.decay_all) and _under(name, prefixes)
+        (decay if decays else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     if fmt.is_fp32:
@@ -116,6 +125,23 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.
     from cprec.lowp_optim import LowPrecisionOptimizer
 
     return LowPrecisionOptimizer(groups, cfg, fmt, seed)
+
+
+def _decay_prefixes(model: nn.Module, cfg: OptimConfig) -> tuple[str, ...] | None:
+    """``optim.decay_only`` as a tuple; a prefix that names no parameter is a config error."""
+    if cfg.decay_only is None:
+        return None
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in cfg.decay_only:
+        require(any(_under(n, (prefix,)) for n in names), "optim.decay_only", cfg.decay_only,
+                f"no parameter is named {prefix} or {prefix}.*; the model's top-level modules: "
+                f"{sorted({n.split('.')[0] for n in names})}")
+    return tuple(cfg.decay_only)
+
+
+def _under(name: str, prefixes: tuple[str, ...] | None) -> bool:
+    """``name`` is one of ``prefixes`` or inside one of them (None: every name is)."""
+    return prefixes is None or any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig, start: int = 0) -> float:

@@ -220,11 +220,20 @@ def _imagefolder() -> TaskFamily:
     return family()
 
 
+def _graphs() -> TaskFamily:
+    from cprec.graph import family  # PyTorch Geometric is imported when data loads
+
+    return family()
+
+
+GRAPH_DATASETS = ("cora", "citeseer")  # cprec/graph.py's PLANETOID
+
 # dataset name -> its task family, built on first use (a family may import optional packages)
 FAMILIES: dict[str, Callable[[], TaskFamily]] = {
     **{name: _images for name in DATASETS},
     **{name: _language for name in CORPORA},
     "imagefolder": _imagefolder,
+    **{name: _graphs for name in GRAPH_DATASETS},
 }
 
 

@@ -35,6 +35,27 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def resumed_and_whole(cfg, tmp_path: Path, stop_at: int) -> tuple[dict, dict]:
+    """Train ``cfg`` whole, and split: stopped after the checkpoint at ``stop_at`` (a prefix
+    with the whole run's schedule and lr), then resumed by a new Trainer. Both summaries,
+    timings left out: a resume is exact when they are equal."""
+    from dataclasses import replace
+
+    from cprec import runs
+    from cprec.build import build_run
+    from cprec.engine import Trainer
+
+    whole = Trainer(build_run(cfg), tmp_path / "whole").run()
+    first = Trainer(build_run(cfg), tmp_path / "split")
+    first.parts.plan = replace(first.parts.plan, total_steps=stop_at)
+    first.run()
+    (tmp_path / "split" / runs.SUMMARY).unlink()
+    resumed = Trainer(build_run(cfg), tmp_path / "split").run()
+    timing = ("train_time_s", "wall_time_s")
+    return ({k: v for k, v in resumed.items() if k not in timing},
+            {k: v for k, v in whole.items() if k not in timing})
+
+
 @pytest.fixture
 def compose():
     """compose(overrides, config_name="train") -> typed TrainConfig, as the CLI builds it."""

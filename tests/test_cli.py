@@ -120,7 +120,7 @@ def test_fashion_mnist_trains(tmp_path: Path) -> None:
     (["train", "schedule.min_bits=8", "schedule.max_bits=4"], "schedule.min_bits", 2),
     (["train", "trainer.steps=10", "schedule.cycles=32"], "schedule.cycles", 2),
     (["train", "model=vgg"],
-     "model=vgg is invalid: choose one of ['cpt_mobilenetv2', 'lenet', 'lstm', 'mlp'", 2),
+     "model=vgg is invalid: choose one of ['cpt_mobilenetv2', 'gcn', 'lenet', 'lstm', 'mlp'", 2),
     (["train", "trainer.steps=abc"], "trainer.steps=abc is invalid: value 'abc' of type 'str'", 2),
     (["train", "trainer.stepz=3"], "trainer.stepz=3 is invalid: key 'stepz' not in", 2),
     (["train", "schedule.bits=[8"], "schedule.bits=[8 is invalid: no viable alternative", 2),

@@ -9,6 +9,7 @@ from cprec.config import TrainConfig
 from cprec.data import DatasetInfo
 from cprec.errors import ConfigError
 from cprec.models import LANGUAGE_MODELS, build_model
+from cprec.models.gnn import GRAPH_MODELS, Graph
 from cprec.paths import config_dir
 from cprec.quant import build_quantized, quant_layers
 from cprec.schedules import build_schedule
@@ -26,7 +27,7 @@ def test_groups_are_populated() -> None:
                                      "resnet110", "mobilenetv2", "torchvision"}
     assert set(options("dataset")) == {"digits", "fashion_mnist", "mnist", "cifar10", "cifar100",
                                        "synthetic", "tiny_shakespeare", "ptb", "wikitext2", "wikitext103",
-                                       "imagefolder"}
+                                       "imagefolder", "cora", "citeseer"}
     assert {"fp32", "static", "cpt_cosine", "deficit"} <= set(options("schedule"))
     assert len([s for s in options("schedule") if s.startswith("cpt_") and s != "cpt_ldp"]) == 12
     assert {"ldp", "cpt_ldp"} <= set(options("schedule"))
@@ -37,12 +38,17 @@ def test_groups_are_populated() -> None:
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_option_builds(compose, name: str) -> None:
     """Every model option composes under its own name and maps a 3x32x32 batch to 10 logits
-    (a language model: windows of 8 tokens to 10 logits per token)."""
+    (a language model: windows of 8 tokens to 10 logits per token; a graph model: 3 nodes'
+    features to their 10 logits)."""
     cfg = compose([f"model={name}"])
     assert cfg.model.name == name
     if name in LANGUAGE_MODELS:
         model = build_model(cfg.model, DatasetInfo("tiny_shakespeare", 1, 8, 10))
         assert model(torch.zeros(2, 8, dtype=torch.long))[0].shape == (2, 8, 10)
+        return
+    if name in GRAPH_MODELS:
+        model = build_model(cfg.model, DatasetInfo("cora", 5, 1, 10))
+        assert model(torch.randn(3, 5), Graph(torch.tensor([[0, 1], [1, 0]]), 3)).shape == (3, 10)
         return
     model = build_model(cfg.model, DatasetInfo("x", 3, 32, 10))
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -136,15 +142,27 @@ SCHEMAS = {"model": "ModelConfig", "dataset": "DatasetConfig", "schedule": "Sche
 IDENTITY_KEYS = {"name", "kind", "format", "exp_bits", "man_bits"}  # what defines an option
 
 
+def _own(group: str, name: str) -> dict:
+    """A group option's own values plus ``defaults``: its parents in the group (a file in the
+    global package, as dataset=cora, holds its group's values under the group's key and may
+    override other groups' options: those are not parents)."""
+    import yaml
+
+    text = (CONF / group / f"{name}.yaml").read_text()
+    raw = yaml.safe_load(text) or {}
+    if text.startswith("# @package _global_"):
+        parents = [d for d in raw.get("defaults", []) if isinstance(d, str)]
+        raw = {**raw.get(group, {}), "defaults": parents}
+    return raw
+
+
 def _resolved(group: str, name: str) -> dict:
     """The values a group option ends with: schema defaults, then its parents, then itself."""
     import dataclasses
 
-    import yaml
-
     from cprec import config
 
-    raw = yaml.safe_load((CONF / group / f"{name}.yaml").read_text()) or {}
+    raw = _own(group, name)
     values = {f.name: getattr(getattr(config, SCHEMAS[group])(), f.name)
               for f in dataclasses.fields(getattr(config, SCHEMAS[group]))}
     for parent in raw.get("defaults", []):
@@ -156,9 +174,7 @@ def _resolved(group: str, name: str) -> dict:
 @pytest.mark.parametrize("group, name", [(g, n) for g in SCHEMAS for n in options(g)])
 def test_yaml_states_only_what_differs(group: str, name: str) -> None:
     """A group file sets no value its schema default (or the file it inherits) already has."""
-    import yaml
-
-    raw = yaml.safe_load((CONF / group / f"{name}.yaml").read_text()) or {}
+    raw = _own(group, name)
     inherited = {}
     for parent in raw.get("defaults", []):
         if parent != "_self_":
@@ -190,7 +206,7 @@ def test_train_yaml_repeats_no_schema_section() -> None:
 PRESET_EXTRAS = {"cpt_cifar": {"optim": {"warmup_steps", "warmup_lr"}},
                  "cpt_imagenet": {"model": {"arch"}},
                  "bps_cifar": {"schedule": {"min_bits", "max_bits"}, "optim": {"lr"}},
-                 "bps_critical": {}, "cpt_ptb": {}, "char_lm": {}}
+                 "bps_critical": {}, "cpt_ptb": {}, "char_lm": {}, "kipf_gcn": {}}
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+from conftest import resumed_and_whole
 
 from cprec.config import OptimConfig
 from cprec.errors import ConfigError
@@ -219,22 +220,9 @@ def test_after_training_every_parameter_is_in_the_format(compose, tmp_path, fmt,
 
 def test_resume_with_kahan_buffers_is_bit_exact(compose, tmp_path) -> None:
     """Stopped after the step-6 checkpoint and resumed: Kahan bf16 weights end bit-identical."""
-    from dataclasses import replace
-
-    from cprec import runs
-    from cprec.build import build_run
-    from cprec.engine import Trainer
-
     cfg = compose([*SMALL, "optim.weight_format=bf16", "optim.update_rounding=kahan"])
-    whole = Trainer(build_run(cfg), tmp_path / "whole").run()
-    first = Trainer(build_run(cfg), tmp_path / "split")
-    first.parts.plan = replace(first.parts.plan, total_steps=6)
-    first.run()
-    (tmp_path / "split" / runs.SUMMARY).unlink()
-    resumed = Trainer(build_run(cfg), tmp_path / "split").run()
-    timing = ("train_time_s", "wall_time_s")
-    assert {k: v for k, v in resumed.items() if k not in timing} == \
-        {k: v for k, v in whole.items() if k not in timing}
+    resumed, whole = resumed_and_whole(cfg, tmp_path, 6)
+    assert resumed == whole
 
 
 # -- the last layer ------------------------------------------------------------------------

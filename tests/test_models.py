@@ -9,14 +9,14 @@ import torch
 from cprec.config import ModelConfig
 from cprec.data import DatasetInfo
 from cprec.models import LANGUAGE_MODELS, MODELS, build_model
+from cprec.models.gnn import GRAPH_MODELS
 
-IMAGE_MODELS = sorted(set(MODELS) - set(LANGUAGE_MODELS))  # language models: tests/test_lm.py
 
-
-@pytest.mark.parametrize("name", IMAGE_MODELS)
+@pytest.mark.parametrize("name", sorted(set(MODELS) - set(GRAPH_MODELS) - set(LANGUAGE_MODELS)))
 @pytest.mark.parametrize("shape", [(1, 8, 10), (1, 28, 10), (3, 32, 100)])
 def test_output_shape(name: str, shape: tuple[int, int, int]) -> None:
-    """Every registered image model maps a (2, C, S, S) batch to (2, classes) logits for every shape."""
+    """Every registered image model maps a (2, C, S, S) batch to (2, classes) logits for each
+    dataset shape (language and graph models: tests/test_config.py, test_lm.py, test_graph.py)."""
     c, size, classes = shape
     model = build_model(ModelConfig(name=name), DatasetInfo("x", c, size, classes))
     assert model(torch.randn(2, c, size, size)).shape == (2, classes)

@@ -35,8 +35,9 @@ def test_cosine_runs_from_one_to_zero_after_warmup() -> None:
 
 def test_names_come_from_the_registries() -> None:
     """The config accepts exactly the registries' names, and says which."""
-    assert set(OPTIMIZERS) == {"sgd", "adamw"} and set(LR_SCHEDULES) == {"multistep", "cosine", "constant"}
-    with pytest.raises(ConfigError, match="choose one of \\['sgd', 'adamw'\\]"):
+    assert set(OPTIMIZERS) == {"sgd", "adam", "adamw"}
+    assert set(LR_SCHEDULES) == {"multistep", "cosine", "constant"}
+    with pytest.raises(ConfigError, match="choose one of \\['sgd', 'adam', 'adamw'\\]"):
         check_optim(OptimConfig(name="lamb"))
     with pytest.raises(ConfigError, match="optim.lr_schedule='step'"):
         check_optim(OptimConfig(lr_schedule="step"))
@@ -77,3 +78,39 @@ def test_decay_all_puts_every_parameter_under_weight_decay() -> None:
     opt = build_optimizer(model, OptimConfig(weight_decay=1e-3, decay_all=True))
     decay, no_decay = opt.param_groups
     assert len(decay["params"]) == 4 and decay["weight_decay"] == 1e-3 and not no_decay["params"]
+
+
+def test_decay_only_restricts_weight_decay_to_named_layers() -> None:
+    """optim.decay_only=[0] (Kipf & Welling: the first layer only): the other layers' weights
+    join the no-decay group; a prefix naming no parameter is a one-line config error."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    decay, no_decay = build_optimizer(model, OptimConfig(weight_decay=1e-3, decay_only=["0"])).param_groups
+    assert [p.shape for p in decay["params"]] == [(4, 3)]
+    assert [p.shape for p in no_decay["params"]] == [(4,), (2, 4), (2,)]
+    needle = "optim.decay_only=\\['conv1'\\].*top-level modules: \\['0', '1'\\]"
+    with pytest.raises(ConfigError, match=needle):
+        build_optimizer(model, OptimConfig(decay_only=["conv1"]))
+
+
+def test_adam_adds_l2_to_the_gradient_in_low_precision_weights_too() -> None:
+    """optim.name=adam is torch.optim.Adam (L2 joins the gradient before the moments, unlike
+    AdamW); lowp_optim's adam with fp32-exact updates takes the same step."""
+    from cprec.lowp_optim import LowPrecisionOptimizer
+    from cprec.weight_formats import parse_weight_format
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    cfg = OptimConfig(name="adam", lr=0.01, weight_decay=0.1, decay_all=True)
+    opts = [build_optimizer(a, cfg),
+            LowPrecisionOptimizer([{"params": list(b.parameters()), "weight_decay": 0.1}], cfg,
+                                  parse_weight_format("fp32"), 0)]
+    assert isinstance(opts[0], torch.optim.Adam)
+    x = torch.randn(8, 5)
+    for _ in range(3):
+        for model, opt in zip((a, b), opts):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))

@@ -136,7 +136,7 @@ BAD_INPUTS = [
     (["output_root=/proc/cprec"], "output_root='/proc/cprec' is invalid", 2),
     (["resume=nowhere"], "no run directory there", 2),
     # Hydra's errors, one line too
-    (["model=vgg"], "model=vgg is invalid: choose one of ['cpt_mobilenetv2', 'lenet'", 2),
+    (["model=vgg"], "model=vgg is invalid: choose one of ['cpt_mobilenetv2', 'gcn', 'lenet'", 2),
     (["schedule=weekly"], "schedule=weekly is invalid: choose one of", 2),
     (["seed=abc"], "seed=abc is invalid: value 'abc' of type 'str' could not be converted to Integer", 2),
     (["trainer.steps=abc"], "trainer.steps=abc is invalid", 2),

@@ -105,7 +105,7 @@ def preflight_error(argv: list[str], capsys: pytest.CaptureFixture, config: str 
                             "converted to Integer"),
     (["trainer.stepz=3"], "trainer.stepz=3 is invalid: key 'stepz' not in 'TrainerConfig'; keys "
                           "there: epochs, steps,"),
-    (["model=resnet999"], "model=resnet999 is invalid: choose one of ['cpt_mobilenetv2', 'lenet', 'mlp',"),
+    (["model=resnet999"], "model=resnet999 is invalid: choose one of ['cpt_mobilenetv2', 'gcn', 'lenet',"),
     (["trainer.steps=[1"], "trainer.steps=[1 is invalid: no viable alternative at input '[1'"),
     (["seed=0,1"], "seed=0,1 is invalid: sweeping over values needs -m; for a list write seed=[0,1]"),
     (["seed=null"], "seed=null is invalid: field 'seed' is not Optional"),

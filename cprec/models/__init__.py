@@ -44,7 +44,8 @@ def check_model_fits(model: str, dataset: str) -> None:
         raise ConfigError("model.name", model, f"choose one of {sorted(MODELS)}")
     if (model in LANGUAGE_MODELS) != (dataset in CORPORA):
         raise ConfigError("model.name", model, f"dataset={dataset} needs " + (
-            f"one of {list(LANGUAGE_MODELS)}" if dataset in CORPORA else
+            f"one of {list(LANGUAGE_MODELS)} (e.g. model=lstm; experiment=shakespeare_lstm is a "
+            f"ready CPU-sized recipe)" if dataset in CORPORA else
             f"an image model; {model} is a language model for {list(CORPORA)}"))
     if dataset in GRAPH_DATASETS and model not in GRAPH_MODELS:
         raise ConfigError("model.name", model, f"dataset={dataset} takes a graph model: "

@@ -179,6 +179,9 @@ def test_resume_mid_epoch_is_bit_exact(compose, tmp_path: Path) -> None:
     assert [strip(r) for r in runs.read_metrics(tmp_path / "split")] == [strip(r) for r in records]
     assert whole["final_ppl"] == records[-1]["test_ppl"]
     assert whole["best_ppl"] == min(r["test_ppl"] for r in records)
+    # the next-token accuracy keeps the summary's accuracy keys (DESIGN.md)
+    assert whole["final_acc"] == records[-1]["test_acc"]
+    assert whole["best_acc"] == max(r["test_acc"] for r in records)
     assert {"test_loss", "test_acc", "valid_ppl", "train_ppl", "train_acc"} <= set(records[-1])
 
 

@@ -18,7 +18,7 @@ from cprec.config import ScheduleConfig, TrainConfig, TrainerConfig
 from cprec.cost import CostLedger, measure_macs
 from cprec.errors import ConfigError
 from cprec.ldp import learned_precision
-from cprec.models import build_model
+from cprec.models import build_model, check_model_fits
 from cprec.optim import build_lr_scheduler, build_optimizer
 from cprec.precision import ScheduledPrecision, last_layer_rule
 from cprec.quant import QuantRNG, build_quantized, format_bits
@@ -104,6 +104,7 @@ def build_model_parts(cfg: TrainConfig, batch_size: int) -> ModelParts:
         torch.set_num_threads(cfg.trainer.threads)
     device = pick_device(cfg.trainer.device)
     seed_everything(cfg.seed)
+    check_model_fits(cfg.model.name, cfg.dataset.name)  # every family, before its data loads
     task = build_task(cfg, device, batch_size)
     model, qrng = build_quantized(build_model(cfg.model, task.info), cfg.quant, cfg.seed)
     model.to(device).train()

@@ -181,12 +181,9 @@ class NodeClassificationTask(Task):
 
 
 def check_graph_config(cfg: TrainConfig) -> None:
-    """What a graph run cannot take, before the data loads: an image model, image
-    augmentation or normalisation."""
-    from cprec.models import check_model_fits
-
+    """What a graph run cannot take, before the data loads: image augmentation or
+    normalisation (the model's kind is checked for every family: build.build_model_parts)."""
     d = cfg.dataset
-    check_model_fits(cfg.model.name, d.name)
     if d.augment or d.mean is not None:
         key, value = ("dataset.augment", d.augment) if d.augment else ("dataset.mean", d.mean)
         raise ConfigError(key, value, f"dataset={d.name} has node features, not images; its "

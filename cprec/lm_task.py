@@ -32,7 +32,6 @@ from cprec.config import DatasetConfig, TrainConfig
 from cprec.corpora import Corpus, load_corpus
 from cprec.data import DatasetInfo
 from cprec.errors import ConfigError, DataError
-from cprec.models import check_model_fits
 from cprec.tasks import AccuracyWindow, Task, TaskFamily
 
 EVAL_STREAMS = 10
@@ -167,7 +166,6 @@ class LanguageModelTask(Task):
 
 
 def _build(cfg: TrainConfig, device: torch.device, batch_size: int) -> LanguageModelTask:
-    check_model_fits(cfg.model.name, cfg.dataset.name)  # before any data is read
     if not cfg.trainer.drop_last:
         raise ConfigError("trainer.drop_last", False, "language-model streams all have the same "
                           "length: an epoch has no partial batch to keep")

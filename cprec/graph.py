@@ -28,7 +28,7 @@ from cprec.config import DatasetConfig, TrainConfig
 from cprec.data import DEFAULT_DATA_ROOT, DatasetInfo
 from cprec.errors import ConfigError, CprecError, DataError
 from cprec.models.gnn import Graph
-from cprec.tasks import AccuracyWindow, Task, TaskFamily
+from cprec.tasks import AccuracyWindow, Task, TaskFamily, eval_mode
 
 # dataset -> (PyG's folder name, nodes, features, classes), known without loading
 PLANETOID = {"cora": ("Cora", 2708, 1433, 7), "citeseer": ("CiteSeer", 3327, 3703, 6)}
@@ -158,10 +158,8 @@ class NodeClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        out = model(self.data.x, self.data.graph)
-        model.train(was_training)
+        with eval_mode(model):
+            out = model(self.data.x, self.data.graph)
         result = {}
         for part in ("test", "val"):
             nodes = getattr(self.data, part)

@@ -34,7 +34,7 @@ from torch import nn
 from cprec.config import DatasetConfig, TrainConfig
 from cprec.data import DatasetInfo
 from cprec.errors import ConfigError, DataError
-from cprec.tasks import AccuracyWindow, Task, TaskFamily
+from cprec.tasks import AccuracyWindow, Task, TaskFamily, eval_mode
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # used when dataset.mean/std are null
@@ -309,17 +309,14 @@ class ImageFolderTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
         """val/ in file order, center-cropped, in eval mode; batches of ``batch_size``."""
-        was_training = model.training
-        model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        with _one_line_errors():
+        with eval_mode(model), _one_line_errors():
             for x, y in self._batches_of(self.val_set, batch_size=batch_size, shuffle=False):
                 y = y.to(self.device, non_blocking=True)
                 out = model(self._normalized(x))
                 loss_sum += F.cross_entropy(out, y, reduction="sum")
                 correct += (out.argmax(1) == y).sum()
-        model.train(was_training)
         return {"test_loss": float(loss_sum) / self.n_val, "test_acc": int(correct) / self.n_val}
 
     def sample_input(self) -> torch.Tensor:

@@ -32,7 +32,7 @@ from cprec.config import DatasetConfig, TrainConfig
 from cprec.corpora import Corpus, load_corpus
 from cprec.data import DatasetInfo
 from cprec.errors import ConfigError, DataError
-from cprec.tasks import AccuracyWindow, Task, TaskFamily
+from cprec.tasks import AccuracyWindow, Task, TaskFamily, eval_mode
 
 EVAL_STREAMS = 10
 
@@ -129,18 +129,16 @@ class LanguageModelTask(Task):
         n = (len(tokens) - 1) // streams
         x = tokens[: streams * n].view(streams, n)
         y = tokens[1: streams * n + 1].view(streams, n)
-        was_training = model.training
-        model.eval()
-        loss_sum = torch.zeros((), device=tokens.device, dtype=torch.float64)
-        correct = torch.zeros((), device=tokens.device, dtype=torch.int64)
-        state = None
-        for i in range(0, n, self.bptt):
-            out, state = model(x[:, i:i + self.bptt], state)
-            target = y[:, i:i + self.bptt]
-            loss_sum += F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1),
-                                        reduction="sum")
-            correct += (out.argmax(-1) == target).sum()
-        model.train(was_training)
+        with eval_mode(model):
+            loss_sum = torch.zeros((), device=tokens.device, dtype=torch.float64)
+            correct = torch.zeros((), device=tokens.device, dtype=torch.int64)
+            state = None
+            for i in range(0, n, self.bptt):
+                out, state = model(x[:, i:i + self.bptt], state)
+                target = y[:, i:i + self.bptt]
+                loss_sum += F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1),
+                                            reduction="sum")
+                correct += (out.argmax(-1) == target).sum()
         return float(loss_sum), int(correct), streams * n
 
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:

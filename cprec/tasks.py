@@ -9,7 +9,8 @@ graph with masks) implements the same methods.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,18 @@ from cprec.data import (
     eval_batches,
 )
 from cprec.errors import ConfigError
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode (dropout off, BatchNorm and activation ranges from their
+    running statistics) for an evaluation, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class TrainWindow(ABC):
@@ -160,14 +173,12 @@ class ClassificationTask(Task):
     def score(self, model: nn.Module, batch_size: int, part: slice = slice(None),
               dtype: torch.dtype = torch.float32) -> tuple[float, int]:
         """(summed loss, correct predictions) over test samples ``part``, in eval mode."""
-        was_training = model.training
-        model.eval()
-        loss_sum, correct = torch.zeros((), device=self.data.x_test.device, dtype=dtype), 0
-        for x, y in eval_batches(self.data.x_test[part], self.data.y_test[part], batch_size):
-            out = model(x)
-            loss_sum += F.cross_entropy(out, y, reduction="sum")
-            correct += int((out.argmax(1) == y).sum())
-        model.train(was_training)
+        with eval_mode(model):
+            loss_sum, correct = torch.zeros((), device=self.data.x_test.device, dtype=dtype), 0
+            for x, y in eval_batches(self.data.x_test[part], self.data.y_test[part], batch_size):
+                out = model(x)
+                loss_sum += F.cross_entropy(out, y, reduction="sum")
+                correct += int((out.argmax(1) == y).sum())
         return float(loss_sum), correct
 
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from cprec.errors import ConfigError, CprecError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -59,9 +57,9 @@ class DatasetConfig:
     channels: int = 3
     size: int = 32
     classes: int = 10
-    # language models (cprec/lm_task.py): tokens per training window (truncated BPTT)
+    # language models (cprec/tasks/language.py): tokens per training window (truncated BPTT)
     bptt: int = 35
-    # imagefolder only (cprec/imagefolder.py): training crops (RandomResizedCrop) and the
+    # imagefolder only (cprec/tasks/imagefolder.py): training crops (RandomResizedCrop) and the
     # evaluation's center crop are image_size; evaluation resizes the short side to resize
     # first; workers: DataLoader worker processes (0 = decode in the training process)
     image_size: int = 224
@@ -88,7 +86,7 @@ class ScheduleConfig:
     ties: str = "exact"  # rint of the exact value | float: of the float64 value, as their code
     bounds: str = "auto"  # auto | prt | config
     deficit_steps: int = 0  # deficit: steps at min_bits before switching to max_bits
-    # learned precision (ldp, cpt_ldp; cprec/ldp.py, README "Learnable dynamic precision"):
+    # learned precision (ldp, cpt_ldp; cprec/precision/ldp.py, README "Learnable dynamic precision"):
     # training cost per step as a fraction of the same step at max_bits / bw_bits
     target_cost: float = 0.6
     p_init: float = 0.0  # initial p_l in [0, 1] (ldp: 0 = min_bits; cpt_ldp: 0.5 = no offset)
@@ -110,7 +108,7 @@ class QuantConfig:
     keep_full: list[str] = field(default_factory=list)
     # the final classifier's bits when quantize_last: null = the schedule's, an int = always
     # that many (forward and error), auto = the schedule's but never below cprec's guideline
-    # ceil(log2(classes + 1)) (precision.py)
+    # ceil(log2(classes + 1)) (precision/scheduled.py)
     last_bits: Any = None
     quantize_errors: bool = True  # quantize the gradient w.r.t. each layer's output
     act_momentum: float = 0.9  # EMA of activation ranges used at eval
@@ -144,7 +142,7 @@ class OptimConfig:
     # weight decay only on the parameters whose qualified names start with one of these
     # prefixes (e.g. [conv1]: Kipf & Welling's GCN decays its first layer only); null = all
     decay_only: list[str] | None = None
-    # low-precision weights (lowp_optim.py): storage format, how updates reach it, state format
+    # low-precision weights (numerics/lowp_optim.py): storage format, how updates reach it, state format
     weight_format: str = "fp32"  # fp32 | bf16 | fp16 | e<E>m<M> | fixed<B>
     update_rounding: str = "nearest"  # nearest | stochastic | kahan
     state_format: str = "fp32"  # momentum / Adam moments: fp32 | bf16 | fp16 | e<E>m<M>
@@ -166,7 +164,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # tqdm progress bar
     threads: int | None = None  # torch CPU threads; null = torch's default
-    # data parallel (cprec/distributed.py, README "Data-parallel training"): processes, one
+    # data parallel (cprec/engine/distributed.py, README "Data-parallel training"): processes, one
     # shard of every global batch each; BatchNorm statistics per process unless sync_bn
     devices: int = 1
     sync_bn: bool = False
@@ -189,7 +187,7 @@ class PrtConfig:
 
 @dataclass
 class LossScaleConfig:
-    """Loss scaling at the error-rounding points (cprec/loss_scale.py; README "Loss scaling")."""
+    """Loss scaling at the error-rounding points (cprec/numerics/loss_scale.py; README "Loss scaling")."""
 
     name: str = "none"  # none | static | dynamic | adaptive
     scale: float = 1.0  # static: the scale; adaptive: the loss's own scale (where it starts)
@@ -212,7 +210,7 @@ class LossScaleConfig:
 
 @dataclass
 class AmpConfig:
-    """Real mixed precision (cprec/amp.py): torch.autocast, and GradScaler for fp16."""
+    """Real mixed precision (cprec/numerics/amp.py): torch.autocast, and GradScaler for fp16."""
 
     name: str = "off"  # off | bf16 | fp16
     init_scale: float = 65536.0  # fp16's GradScaler
@@ -225,7 +223,7 @@ class TrainConfig:
     resume: str | None = None  # a run directory to continue (its saved overrides are reused)
     output_root: str = "outputs"
     logger: str = "none"  # none | tensorboard: where metrics go besides metrics.jsonl
-    # the paper's reported figures for a preset (report.py shows them beside the runs'):
+    # the paper's reported figures for a preset (cprec report shows them beside the runs'):
     # {source: str, metrics: {final_acc | best_acc | relative_cost ...: value}}; null elsewhere
     paper: Any = None
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -244,17 +242,6 @@ def register_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def to_train_config(cfg: DictConfig) -> TrainConfig:
-    """Resolve a composed DictConfig into the typed object library code takes."""
-    obj = OmegaConf.to_object(cfg)
-    if not isinstance(obj, TrainConfig):  # composed without the schema (e.g. from a dict)
-        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
-        obj = OmegaConf.to_object(merged)
-    assert isinstance(obj, TrainConfig)
-    validate(obj)
-    return obj
 
 
 def require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -342,35 +329,6 @@ def check_prt(p: PrtConfig) -> None:
     require(p.batch_size > 0, "prt.batch_size", p.batch_size, "must be positive")
     require(p.upper_bits == "auto" or (isinstance(p.upper_bits, int) and 1 <= p.upper_bits <= 32),
             "prt.upper_bits", p.upper_bits, "an integer in 1..32 or 'auto'")
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Check every value before any work is done; raise ConfigError naming key and range.
-
-    Each group is checked next to the choices it names: schedules in schedules.py, the
-    optimizer and lr schedule in optim.py, metric sinks in loggers.py (imported lazily,
-    they are cheap); model and dataset names by their registries when built.
-    """
-    from cprec.amp import check_amp
-    from cprec.loggers import SINKS
-    from cprec.loss_scale import check_loss_scale
-    from cprec.optim import check_optim
-    from cprec.schedules import check_learned_format, check_schedule
-
-    check_trainer(cfg.trainer)
-    check_dataset(cfg.dataset)
-    check_model(cfg.model)
-    check_optim(cfg.optim)
-    check_schedule(cfg.schedule)
-    check_learned_format(cfg)
-    check_quant(cfg.quant)
-    check_prt(cfg.prt)
-    check_loss_scale(cfg)
-    check_amp(cfg)
-    require_choice("logger", cfg.logger, SINKS)
-    require(cfg.trainer.devices == 1 or cfg.dataset.name != "imagefolder", "trainer.devices",
-            cfg.trainer.devices, "data-parallel training does not shard dataset=imagefolder's "
-            "streaming loader; use trainer.devices=1")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from bench_train import time_steps  # scripts/ is on sys.path when run as a script
 
-from cprec.build import build_model_parts
 from cprec.config import DatasetConfig, ModelConfig, TrainConfig, TrainerConfig
-from cprec.imagefolder import generate_folder
+from cprec.engine.build import build_model_parts
+from cprec.engine.step import TrainStep
 from cprec.quant import set_precision
-from cprec.step import TrainStep
+from cprec.tasks.imagefolder import generate_folder
 
 WARMUP = 2  # steps not timed (the first one starts the workers)
 

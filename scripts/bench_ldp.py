@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from cprec.build import build_run
 from cprec.config import DatasetConfig, ScheduleConfig, TrainConfig, TrainerConfig
-from cprec.engine import step_plugins
-from cprec.memory import keep_freed_memory
-from cprec.step import TrainStep
+from cprec.engine.build import build_run
+from cprec.engine.memory import keep_freed_memory
+from cprec.engine.step import TrainStep
+from cprec.engine.trainer import step_plugins
 
 
 def _stepper(schedule: ScheduleConfig, args: argparse.Namespace):

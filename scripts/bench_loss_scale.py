@@ -24,7 +24,6 @@ import time
 
 import torch
 
-from cprec.build import build_run
 from cprec.config import (
     DatasetConfig,
     LossScaleConfig,
@@ -33,8 +32,9 @@ from cprec.config import (
     TrainConfig,
     TrainerConfig,
 )
-from cprec.engine import step_plugins
-from cprec.step import TrainStep
+from cprec.engine.build import build_run
+from cprec.engine.step import TrainStep
+from cprec.engine.trainer import step_plugins
 
 VARIANTS = {
     "none": LossScaleConfig(),

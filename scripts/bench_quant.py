@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.config import ModelConfig, QuantConfig
-from cprec.data import DatasetInfo
-from cprec.memory import keep_freed_memory
+from cprec.engine.memory import keep_freed_memory
 from cprec.models import build_model
 from cprec.quant import backend_for, build_quantized, set_backend, set_precision
 from cprec.quant.fixed import share_batch_inputs
+from cprec.tasks.base import DatasetInfo
 
 
 def pick(device: str) -> torch.device:
@@ -78,7 +78,7 @@ def main() -> None:
                     help="run the quantization kernels as the reference torch ops "
                          "(CPREC_KERNELS=reference); default: the fast back ends (auto)")
     ap.add_argument("--default-malloc", action="store_true",
-                    help="leave glibc's allocator as it is (cprec train tunes it: cprec.memory)")
+                    help="leave glibc's allocator as it is (cprec train tunes it: cprec.engine.memory)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--baseline", default="same", choices=["same", "plain", "unshared"],
                     help="fp32 = the same model at 32/32, or a separate unquantized model; "

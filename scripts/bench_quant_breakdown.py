@@ -23,8 +23,7 @@ import torch
 from bench_quant import make_step, timed  # scripts/ is on sys.path when run as a script
 
 from cprec.config import ModelConfig, QuantConfig
-from cprec.data import DatasetInfo
-from cprec.memory import keep_freed_memory
+from cprec.engine.memory import keep_freed_memory
 from cprec.models import build_model
 from cprec.quant import (
     backend_for,
@@ -35,6 +34,7 @@ from cprec.quant import (
     set_backend,
     set_precision,
 )
+from cprec.tasks.base import DatasetInfo
 
 VARIANTS = {  # name: (bits, kernels that run for real)
     "fp32": (32, {"inputs", "errors"}),

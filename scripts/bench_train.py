@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from cprec.build import build_model_parts
 from cprec.config import DatasetConfig, TrainConfig, TrainerConfig
-from cprec.memory import keep_freed_memory
+from cprec.engine.build import build_model_parts
+from cprec.engine.memory import keep_freed_memory
+from cprec.engine.step import TrainStep
 from cprec.quant import set_precision
-from cprec.step import TrainStep
 
 
 def time_steps(task, step: TrainStep, device: torch.device, steps: int, warmup: int

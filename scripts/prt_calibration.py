@@ -57,8 +57,9 @@ def compose(overrides: list[str], config_name: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from cprec.config import register_schemas, to_train_config
+    from cprec.config import register_schemas
     from cprec.paths import config_dir
+    from cprec.validate import to_train_config
 
     register_schemas()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -67,10 +68,10 @@ def compose(overrides: list[str], config_name: str):
 
 def served_run(model: str, dataset: str, threads: int, time_steps: int) -> dict:
     """GBitOPs, steps and estimated training-step seconds of the default CPT run."""
-    from cprec.build import build_run
+    from cprec.engine.build import build_run
+    from cprec.engine.step import TrainStep
+    from cprec.precision.schedules import relative_cost_of
     from cprec.quant import quant_layers, set_precision
-    from cprec.schedules import relative_cost_of
-    from cprec.step import TrainStep
 
     cfg = compose([f"model={model}", f"dataset={dataset}", "schedule=cpt_cosine",
                    "schedule.bounds=config", f"trainer.threads={threads}"], "train")
@@ -103,7 +104,7 @@ def _cfg(model: str, dataset: str, seed: int, setting: str, threads: int, root: 
 def one_prt(model: str, dataset: str, seed: int, setting: str, threads: int, root: Path) -> dict:
     """One PRT: lower/upper bits (None when none is found), GBitOPs, steps, wall seconds."""
     from cprec.errors import CprecError
-    from cprec.range_test import run_prt
+    from cprec.precision.range_test import run_prt
 
     cfg = _cfg(model, dataset, seed, setting, threads, root)
     out = root / f"{dataset}-{seed}-{setting}"
@@ -133,9 +134,9 @@ def control_gain(model: str, dataset: str, seed: int, setting: str, threads: int
     The PRT's gain at a level is that of one more level of training plus that of one more
     bit; this is the first part alone, on the same seed and settings.
     """
-    from cprec.build import build_model_parts
-    from cprec.range_test import _train_level
-    from cprec.step import TrainStep
+    from cprec.engine.build import build_model_parts
+    from cprec.engine.step import TrainStep
+    from cprec.precision.range_test import _train_level
 
     cfg = _cfg(model, dataset, seed, setting, threads, root)
     p = cfg.prt

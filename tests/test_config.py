@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from cprec.config import TrainConfig
-from cprec.data import DatasetInfo
 from cprec.errors import ConfigError
 from cprec.models import LANGUAGE_MODELS, build_model
 from cprec.models.gnn import GRAPH_MODELS, Graph
 from cprec.paths import config_dir
+from cprec.precision.schedules import build_schedule
 from cprec.quant import build_quantized, quant_layers
-from cprec.schedules import build_schedule
+from cprec.tasks.base import DatasetInfo
 
 CONF = __import__("pathlib").Path(config_dir())
 
@@ -295,7 +295,7 @@ def test_resume_takes_a_key_added_since_the_checkpoint_as_its_default(compose, t
 def test_report_ignores_exactly_the_neutral_keys_and_the_seed() -> None:
     """`cprec report` groups by every override except the seed and RESULT_NEUTRAL_KEYS."""
     from cprec.config import RESULT_NEUTRAL_KEYS
-    from cprec.report import IGNORED_KEYS
+    from cprec.report.tables import IGNORED_KEYS
 
     assert IGNORED_KEYS == {"seed", *RESULT_NEUTRAL_KEYS}
 
@@ -305,7 +305,7 @@ def test_presets_keep_the_paper_bounds_beside_a_prt_result(compose, tmp_path) ->
     preset's pinned 3..8 bounds (it would with schedule.bounds=auto)."""
     import json
 
-    from cprec.build import plan_run
+    from cprec.engine.build import plan_run
     from cprec.paths import prt_result_path
 
     path = prt_result_path(str(tmp_path), "resnet74", "cifar10")
@@ -322,7 +322,7 @@ def test_presets_keep_the_paper_bounds_beside_a_prt_result(compose, tmp_path) ->
 def test_critical_period_probe_preset(compose) -> None:
     """experiment=bps_critical_cifar10_resnet74 is crit_learn.py's run: K = 16000 steps at 3 bits
     on top of 256k steps at 8, the lr schedule starting after them, no weight decay."""
-    from cprec.build import plan_run
+    from cprec.engine.build import plan_run
 
     cfg = compose(["experiment=bps_critical_cifar10_resnet74"])
     assert (cfg.schedule.kind, cfg.schedule.deficit_steps, cfg.optim.weight_decay) == ("deficit", 16000, 0.0)

@@ -14,9 +14,9 @@ from torch import nn
 
 from cprec.config import ModelConfig, QuantConfig
 from cprec.cost import FULL_PRECISION_BITOPS, CostLedger, measure_macs, step_bitops
-from cprec.data import DatasetInfo
 from cprec.models import build_model
 from cprec.quant import build_quantized, layer_bits, quant_layers, set_precision
+from cprec.tasks.base import DatasetInfo
 
 
 def resnet20(quantize_last: bool = False) -> nn.Module:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from torch import nn
 
 from cprec.config import ModelConfig
-from cprec.data import DatasetInfo
 from cprec.errors import ConfigError
 from cprec.models.gnn import GRAPH_MODELS
 from cprec.models.lstm import lstm
@@ -16,6 +15,7 @@ from cprec.models.resnet import cifar_resnet
 from cprec.models.small import lenet, mlp
 from cprec.models.transformer_lm import transformer_lm
 from cprec.models.tv import torchvision_model
+from cprec.tasks.base import DatasetInfo
 
 MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {
     "mlp": mlp,
@@ -37,8 +37,8 @@ def check_model_fits(model: str, dataset: str) -> None:
     """A registered model name that fits the dataset's kind: a language model goes with a
     corpus, a graph model with a graph dataset, and only there (one-line ConfigError, before
     any data is loaded)."""
-    from cprec.corpora import CORPORA
-    from cprec.tasks import GRAPH_DATASETS
+    from cprec.tasks.corpora import CORPORA
+    from cprec.tasks.families import GRAPH_DATASETS
 
     if model not in MODELS:
         raise ConfigError("model.name", model, f"choose one of {sorted(MODELS)}")

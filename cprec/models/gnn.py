@@ -8,7 +8,7 @@ ledger: it has no weights and costs nnz(P) x F additions per layer (Cora, GCN: n
 13,264, so 212,224 and 92,848 for the two layers, against 62.1M and 0.3M MACs of the dense
 transforms; README "Graph node classification").
 
-Pure torch: PyTorch Geometric only loads the data (cprec/graph.py).
+Pure torch: PyTorch Geometric only loads the data (cprec/tasks/graph.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.config import ModelConfig
-from cprec.data import DatasetInfo
+from cprec.tasks.base import DatasetInfo
 
 
 class Graph:

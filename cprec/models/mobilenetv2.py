@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cprec.config import ModelConfig
-from cprec.data import DatasetInfo
+from cprec.tasks.base import DatasetInfo
 
 # (expansion, out channels, blocks, stride): the ImageNet table with CIFAR strides (both
 # versions; CPT's code has the same table)

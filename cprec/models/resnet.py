@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cprec.config import ModelConfig
-from cprec.data import DatasetInfo
+from cprec.tasks.base import DatasetInfo
 
 
 class BasicBlock(nn.Module):

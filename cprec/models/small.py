@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from cprec.config import ModelConfig
-from cprec.data import DatasetInfo
+from cprec.tasks.base import DatasetInfo
 
 
 def lenet(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.config import ModelConfig
-from cprec.data import DatasetInfo
 from cprec.errors import ConfigError
+from cprec.tasks.base import DatasetInfo
 
 
 class Block(nn.Module):

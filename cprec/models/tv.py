@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from cprec.config import ModelConfig
-from cprec.data import DatasetInfo
 from cprec.errors import ConfigError
+from cprec.tasks.base import DatasetInfo
 
 # models whose training forward returns auxiliary outputs unless told not to
 NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True},

@@ -9,7 +9,7 @@ definition of a correct result. Faster versions are registered against it, by ba
 - ``torch_compile``: the reference function through ``torch.compile`` (dynamic shapes),
   one fused kernel on GPUs; also takes the CPU tensors the C kernels do not.
 
-The C kernels return bitwise the reference's results (tests/test_quant_backends.py);
+The C kernels return bitwise the reference's results (tests/quant/test_quant_backends.py);
 torch_compile compiles the reference function itself. Either is ~10x faster than the
 reference run op by op (and than torch's built-in fake-quant ops).
 

@@ -50,7 +50,7 @@ class QuantMixin:
     def _init_quant(self, quantizer: Quantizer, rng: QuantRNG) -> None:
         self.quantizer, self.rng = quantizer, rng
         self.fw_bits, self.bw_bits = FULL, FULL
-        # loss scaling (cprec/loss_scale.py): called as tap(round_error, error, bits, key)
+        # loss scaling (cprec/numerics/loss_scale.py): called as tap(round_error, error, bits, key)
         # in place of round_error(error, bits, key) when set
         self.error_tap = None
         device = self.weight.device  # a model converted after .to(device) keeps working
@@ -138,7 +138,7 @@ class QConv2d(QuantMixin, nn.Conv2d):
 
     def _one_node_ok(self, x: torch.Tensor) -> bool:
         """_QuantizedConv2d covers training steps of zero-padded convs with int padding whose
-        quantizer routes no gradient of its own (a learned precision's does: cprec/ldp.py)."""
+        quantizer routes no gradient of its own (a learned precision's does: cprec/precision/ldp.py)."""
         return (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
                 and getattr(self.quantizer, "one_node", True))

@@ -1,7 +1,7 @@
 """The "native" back end: C versions of the CPU quantization kernels (native_kernels.c),
 built once and loaded with ctypes; backends.py registers them against reference.py.
 
-Same results as the torch functions in reference.py, bitwise (tests/test_quant_backends.py),
+Same results as the torch functions in reference.py, bitwise (tests/quant/test_quant_backends.py),
 at a fraction of the per-call cost: in a training step each call comes after a convolution
 has flushed the caches, and torch.compile's wrapper layers then cost ~0.2 ms per call
 against ~0.03 ms for a ctypes call. The library is compiled with the system C compiler

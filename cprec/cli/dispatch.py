@@ -1,0 +1,37 @@
+"""`cprec <command> [overrides]`: dispatches to the thin Hydra shell of each command.
+
+Kept free of torch imports so `cprec --help` answers instantly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("cprec.cli.train", "train a model under a precision schedule (Hydra overrides; -m sweeps)"),
+    "prt": ("cprec.cli.prt", "precision range test: find the bounds CPT runs use"),
+    "schedule": ("cprec.cli.schedule",
+                 "plot a schedule's bits over a run and its cost, no training"),
+    "report": ("cprec.cli.report", "tables and plots from run and sweep directories"),
+}
+
+USAGE = "usage: cprec <command> [options or Hydra overrides]\n\ncommands:\n" + "".join(
+    f"  {name:<10}{text}\n" for name, (_, text) in COMMANDS.items()
+) + "\n`cprec <command> --help` shows a command's options (config groups for Hydra commands)."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"cprec: error: unknown command {command!r}; choose one of {list(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [f"cprec {command}", *rest]
+    return module.main_cli(rest) or 0
+

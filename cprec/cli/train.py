@@ -1,0 +1,59 @@
+"""`cprec train`: the thin Hydra shell around ``cprec.engine.trainer.run_train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from cprec.cli.shell import is_multirun, output_dir, parallel_threads, run_task, shell_main
+from cprec.config import register_schemas
+from cprec.engine.distributed import launched_env
+from cprec.paths import config_dir
+
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def hydra_main(cfg: DictConfig) -> None:
+    def task(out_dir: Path) -> dict:
+        from cprec.validate import to_train_config  # torch: only once a job runs
+
+        typed = to_train_config(cfg)  # validates before any work
+        if typed.trainer.threads is None:
+            typed.trainer.threads = parallel_threads()
+        if typed.trainer.devices > 1 or launched_env() is not None:
+            from cprec.engine.distributed import run_data_parallel
+
+            summary = run_data_parallel(typed, out_dir)
+        else:
+            from cprec.engine.trainer import run_train  # torch is imported only when training
+
+            summary = run_train(typed, out_dir)
+        # a sweep lists its jobs once, at the end; one rank of a launched group: rank 0 prints
+        if not is_multirun() and (launched_env() or (0,))[0] == 0:
+            from cprec.cli.console import result_block
+
+            print(result_block(summary, out_dir), flush=True)
+        return summary
+
+    def failed(message: str) -> None:
+        from cprec.engine.runs import SUMMARY, write_json
+
+        if (launched_env() or (0,))[0] != 0:  # one rank of a group: rank 0 writes
+            return
+
+        write_json(output_dir() / SUMMARY, {
+            "status": "failed", "error": message, "seed": cfg.get("seed"),
+            "model": OmegaConf.select(cfg, "model.name"),
+            "dataset": OmegaConf.select(cfg, "dataset.name"),
+            "schedule": OmegaConf.select(cfg, "schedule.name"),
+        })
+
+    run_task(task, failed)
+
+
+def main_cli(argv: list[str]) -> int:
+    return shell_main(argv, hydra_main, config_name="train", job="train",
+                      result_file="summary.json", resumable=True)

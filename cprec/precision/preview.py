@@ -1,0 +1,51 @@
+"""See a schedule before spending compute: its bits over the run and its relative cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cprec.config import TrainConfig
+from cprec.engine import runs
+
+CSV, PNG = "schedule.csv", "schedule.png"  # beside schedule.json, which names them
+
+
+def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
+    """Write schedule.csv, schedule.png and schedule.json for the run ``cfg`` describes; no
+    training.
+
+    schedule.csv holds the bits of every training step (``step,bits_fw,bits_bw``, steps from
+    0); schedule.json names it and the PNG, and is written last. The relative cost uses the
+    model's MACs per layer (measured on a dummy input of the task's shape), so first/last
+    full-precision layers count as they will in the run.
+    """
+
+    from cprec.cost import measure_macs
+    from cprec.engine.build import plan_run
+    from cprec.errors import ConfigError
+    from cprec.models import build_model
+    from cprec.precision.schedules import LEARNED_KINDS, relative_cost_of
+    from cprec.quant import build_quantized, quant_layers
+    from cprec.report.plots import schedule_bits
+    from cprec.tasks.families import task_family
+
+    if cfg.schedule.kind in LEARNED_KINDS:
+        raise ConfigError("schedule", cfg.schedule.name, "its bits are learned per layer in "
+                          "training, so there is nothing to preview; the run's report draws them")
+    plan = plan_run(cfg)
+    schedule, total = plan.schedule, plan.total_steps
+    family = task_family(cfg.dataset.name)
+    info = family.shape(cfg.dataset)[0]
+    model, _ = build_quantized(build_model(cfg.model, info), cfg.quant, cfg.seed)
+    macs = measure_macs(model, family.dummy_input(info))
+    rel = relative_cost_of(schedule, macs, set(quant_layers(model)))
+    bits = [schedule.bits_at(t) for t in range(total)]
+    result = {"schedule": cfg.schedule.name, "total_steps": total, **schedule.bit_ranges(),
+              "bounds_source": plan.bounds_source, "relative_cost": rel,
+              "mean_bits_fw": sum(b[0] for b in bits) / total,
+              "mean_bits_bw": sum(b[1] for b in bits) / total, "csv": CSV, "png": PNG}
+    runs.write_text(out_dir / CSV, "step,bits_fw,bits_bw\n" +
+                    "".join(f"{t},{fw},{bw}\n" for t, (fw, bw) in enumerate(bits)))
+    schedule_bits(bits, f"{result['schedule']}: relative cost {rel:.4f} of fp32", out_dir / PNG)
+    runs.write_json(out_dir / "schedule.json", result)
+    return result

@@ -1,0 +1,350 @@
+"""Precision schedules: pure ``bits_at(step)`` functions plus a small resumable scheduler.
+
+Forward precision (weights and activations) follows the schedule; backward precision
+(errors) stays at ``bw_bits`` unless ``bw_min_bits`` is set, then it cycles the same way
+between ``bw_min_bits`` and ``bw_bits``. Cyclic schedules follow PAPERS.md sections 1-2
+and the authors' code: z = (t mod T) / T, D = max - min, rint; the cycle length T, the
+shape, the flip of exp/rex falls and the rounding of ties are options (README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cprec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cprec.config import ScheduleConfig
+
+KINDS = ("fp32", "static", "cyclic", "deficit", "ldp", "cpt_ldp")
+LEARNED_KINDS = ("ldp", "cpt_ldp")  # per-layer precision learned in training (cprec/precision/ldp.py)
+CYCLIC_KINDS = ("cyclic", "cpt_ldp")  # a CPT cycle drives the (base) forward bits
+COST_PUSH = ("both", "down")
+# which way each cycle runs: growth rises every cycle (CPT; Better Schedules X_growth),
+# fall_rise falls on cycles 0, 2, ... and rises on 1, 3, ... (Better Schedules X_decay);
+# cprec's own: falling falls every cycle, rise_fall rises on cycles 0, 2, ... and falls on 1, 3, ...
+SHAPES = ("growth", "fall_rise", "falling", "rise_fall")
+# cycle length T from N steps and C cycles: floor(N / C) (CPT's code), + 1 (Better Schedules' code)
+CYCLE_LENGTHS = {"floor": 0, "floor_plus_one": 1}
+# a falling exp/rex cycle: the rising curve mirrored in time (horizontal, the Better Schedules
+# train.py default) or upside down (vertical); cosine and linear look the same either way
+FLIPS = ("horizontal", "vertical")
+# exact: rint of the exact value (a true .5 goes to even, whatever float64 says); float:
+# np.rint of the value float64 arithmetic gives, as the Better Schedules code rounds
+TIES = ("exact", "float")
+BOUNDS_MODES = ("auto", "prt", "config")  # where a cyclic run's min/max bits come from
+
+
+def _cosine(z: float) -> float:
+    return 0.5 * (1.0 - np.cos(np.pi * z))
+
+
+def _linear(z: float) -> float:
+    return z
+
+
+def _exp(z: float) -> float:
+    return np.exp(-4 * z)
+
+
+def _rex(y: float) -> float:
+    return y / (1 - 0.9 + 0.9 * y)  # the authors' (1 - 0.9), a hair below 0.1 in float64
+
+
+def _z(mod: int, period: int) -> float:
+    return mod / period
+
+
+def _y(mod: int, period: int) -> float:
+    return (period - mod) / period
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One row of PAPERS.md section 2's table, in the Better Schedules code's arithmetic.
+
+    ``variable(t mod T, T)`` is the profile's x (z = (t mod T) / T, or for rex y = 1 - z,
+    computed as (T - t mod T) / T like the authors), ``term(x)`` its curve in [0, 1]. A rising cycle is
+    ``min + D term(x)`` when ``from_min`` (cosine, linear), else ``max - D term(x)`` (exp,
+    rex); a falling one is its mirror image: ``max - D term(x)`` (from_min), upside down
+    ``min + D term(x)`` (flip=vertical) or mirrored in time ``max - D term(1 - x)``
+    (flip=horizontal). Adding a profile is one term function and one entry in PROFILES.
+    """
+
+    from_min: bool
+    variable: Callable[[int, int], float]
+    term: Callable[[float], float]
+
+    def value(self, mod: int, period: int, lo: int, hi: int, fall: bool, flip: str) -> float:
+        x, d = self.variable(mod, period), float(hi - lo)
+        if self.from_min:
+            return hi - d * self.term(x) if fall else lo + d * self.term(x)
+        if not fall:
+            return hi - d * self.term(x)
+        return lo + d * self.term(x) if flip == "vertical" else hi - d * self.term(1.0 - x)
+
+
+PROFILES: dict[str, Profile] = {
+    "cosine": Profile(True, _z, _cosine), "linear": Profile(True, _z, _linear),
+    "exp": Profile(False, _z, _exp), "rex": Profile(False, _y, _rex)}
+
+
+def period_of(total_steps: int, cycles: int, rule: str = "floor") -> int:
+    """T: floor(N / C) (CPT's code), or floor(N / C) + 1 (rule floor_plus_one, Better Schedules')."""
+    return max(total_steps // cycles + CYCLE_LENGTHS[rule], 1)
+
+
+def falls(shape: str, cycle: int) -> bool:
+    """Whether cycle number ``cycle`` (0-based) of ``shape`` runs from the top down."""
+    return {"growth": False, "falling": True, "fall_rise": cycle % 2 == 0,
+            "rise_fall": cycle % 2 == 1}[shape]
+
+
+def rint(value: float, ties: str = "exact") -> int:
+    """Round half to even; ``exact`` snaps to 9 decimals first, so a true tie that float64
+    lands an ulp off (cosine 2..8 at z = 1/3: 3.4999999999999996) still counts as .5."""
+    return int(np.rint(round(float(value), 9) if ties == "exact" else value))
+
+
+def cyclic_bits(step: int, total_steps: int, cycles: int, lo: int, hi: int,
+                profile: str = "cosine", shape: str = "growth", *, flip: str = "horizontal",
+                rule: str = "floor", ties: str = "exact") -> int:
+    """Bits at ``step`` (0-based) of a cyclic schedule between ``lo`` and ``hi``.
+
+    ``shape`` says which cycles rise and which fall (SHAPES), ``rule`` how long a cycle is
+    (CYCLE_LENGTHS), ``flip`` how an exp/rex cycle falls (FLIPS), ``ties`` how a .5 rounds.
+    """
+    period = period_of(total_steps, cycles, rule)
+    cycle, mod = divmod(step, period)
+    return rint(PROFILES[profile].value(mod, period, lo, hi, falls(shape, cycle), flip), ties)
+
+
+# the schedules and shapes cprec had before it followed the Better Schedules code's names:
+# the one line a user who asks for one gets
+_REFERENCE_PROFILE = {"cosine": "cos", "linear": "linear", "exp": "exp", "rex": "demon"}
+RENAMED_SHAPES = {
+    "decay": "renamed: the shape that falls every cycle is schedule.shape=falling; the Better "
+             "Schedules decay (falls, then rises, alternating) is schedule.shape=fall_rise",
+    "triangular": "renamed: use schedule.shape=rise_fall (rises on even cycles, falls on odd ones)"}
+RENAMED_SCHEDULES = {
+    **{f"cpt_{p}_triangular": f"renamed to schedule=cpt_{p}_rise_fall (same bits)" for p in PROFILES},
+    **{f"cpt_{p}_decay": f"renamed to schedule=cpt_{p}_falling (same bits); the Better Schedules "
+                         f"{r}_decay (falls, then rises, alternating) is schedule={r}_decay"
+       for p, r in _REFERENCE_PROFILE.items()}}
+
+
+def check_schedule(cfg: ScheduleConfig) -> None:
+    """Every schedule setting, before any work (cprec.validate calls this)."""
+    from cprec.config import check_bits, require, require_choice
+
+    require_choice("schedule.kind", cfg.kind, KINDS)
+    require_choice("schedule.profile", cfg.profile, PROFILES)
+    require(cfg.shape not in RENAMED_SHAPES, "schedule.shape", cfg.shape, RENAMED_SHAPES.get(cfg.shape, ""))
+    require_choice("schedule.shape", cfg.shape, SHAPES)
+    require_choice("schedule.flip", cfg.flip, FLIPS)
+    require_choice("schedule.cycle_length", cfg.cycle_length, CYCLE_LENGTHS)
+    require_choice("schedule.ties", cfg.ties, TIES)
+    for key in ("bits", "bw_bits", "min_bits", "max_bits"):
+        check_bits(f"schedule.{key}", getattr(cfg, key))
+    require(cfg.min_bits <= cfg.max_bits, "schedule.min_bits", cfg.min_bits,
+            f"must not exceed schedule.max_bits={cfg.max_bits}")
+    if cfg.bw_min_bits is not None:
+        check_bits("schedule.bw_min_bits", cfg.bw_min_bits)
+        require(cfg.bw_min_bits <= cfg.bw_bits, "schedule.bw_min_bits", cfg.bw_min_bits,
+                f"must not exceed schedule.bw_bits={cfg.bw_bits}")
+        require(cfg.kind == "cyclic", "schedule.bw_min_bits", cfg.bw_min_bits,
+                f"only a cyclic schedule cycles the backward bits (schedule.kind={cfg.kind}); "
+                "set schedule.bw_min_bits=null")
+    require(cfg.cycles > 0, "schedule.cycles", cfg.cycles, "must be a positive number of cycles")
+    require_choice("schedule.bounds", cfg.bounds, BOUNDS_MODES)
+    require(cfg.deficit_steps >= 0, "schedule.deficit_steps", cfg.deficit_steps, "must be >= 0")
+    check_learned(cfg)
+
+
+def check_learned(cfg: ScheduleConfig) -> None:
+    """The learned-precision settings (ldp, cpt_ldp): checked for every kind, since they
+    have valid defaults; the bounds must leave something to learn."""
+    from cprec.config import require, require_choice
+
+    require(0 < cfg.target_cost <= 1, "schedule.target_cost", cfg.target_cost,
+            "must be in (0, 1]: the training cost per step as a fraction of the same step at "
+            "max_bits/bw_bits")
+    require(cfg.max_offset >= 0, "schedule.max_offset", cfg.max_offset, "must be >= 0 bits")
+    require(0 <= cfg.p_init <= 1, "schedule.p_init", cfg.p_init, "must be in [0, 1]")
+    require(cfg.p_lr > 0, "schedule.p_lr", cfg.p_lr, "must be positive")
+    require(0 <= cfg.p_momentum < 1, "schedule.p_momentum", cfg.p_momentum, "must be in [0, 1)")
+    require(cfg.push_strength >= 0, "schedule.push_strength", cfg.push_strength, "must be >= 0")
+    require(0 <= cfg.warmup < 1, "schedule.warmup", cfg.warmup, "must be a fraction in [0, 1)")
+    require_choice("schedule.cost_push", cfg.cost_push, COST_PUSH)
+    if cfg.kind in LEARNED_KINDS:
+        require(cfg.min_bits < cfg.max_bits, "schedule.min_bits", cfg.min_bits,
+                f"must be below schedule.max_bits={cfg.max_bits} for a learned precision "
+                f"(schedule={cfg.name})")
+
+
+def check_learned_format(cfg) -> None:
+    """A learned precision needs fixed point (a float format's width is fixed) and one process
+    (its p gradients are not all-reduced across data-parallel ranks yet)."""
+    from cprec.config import require
+
+    if cfg.schedule.kind not in LEARNED_KINDS:
+        return
+    require(cfg.quant.format == "fixed", "quant.format", cfg.quant.format,
+            f"schedule={cfg.schedule.name} learns fixed-point bits per layer; use quant.format=fixed")
+    devices = getattr(cfg.trainer, "devices", 1)
+    require(devices in (None, 1), "trainer.devices", devices,
+            f"schedule={cfg.schedule.name} trains in one process (its per-layer precisions are "
+            "not all-reduced across ranks yet); use trainer.devices=1")
+
+
+def check_fits_run(cfg: ScheduleConfig, total_steps: int) -> None:
+    """A schedule must fit the run's length; the message says how to make a short run fit."""
+    if cfg.kind in CYCLIC_KINDS and cfg.cycles > total_steps:
+        raise ConfigError("schedule.cycles", cfg.cycles,
+                          f"{cfg.cycles} cycles need at least {cfg.cycles} training steps and the run "
+                          f"has {total_steps}; set schedule.cycles=<n> with n <= {total_steps} "
+                          f"(e.g. schedule.cycles={max(1, total_steps // 10)}), or use schedule=static "
+                          f"for a quick smoke test")
+    if cfg.kind == "deficit" and cfg.deficit_steps > total_steps:
+        raise ConfigError("schedule.deficit_steps", cfg.deficit_steps,
+                          f"must not exceed the run's {total_steps} training steps")
+
+
+@dataclass(frozen=True)
+class PrecisionSchedule:
+    """A schedule resolved for one run: bounds known, length known (summary.json saves it
+    as ``schedule_spec``)."""
+
+    kind: str
+    total_steps: int
+    bits: int = 8  # static forward bits
+    bw_bits: int = 8
+    min_bits: int = 3
+    max_bits: int = 8
+    cycles: int = 32
+    profile: str = "cosine"
+    shape: str = "growth"
+    deficit_steps: int = 0
+    flip: str = "horizontal"
+    cycle_length: str = "floor"
+    ties: str = "exact"
+    bw_min_bits: int | None = None  # cyclic: errors cycle bw_min_bits..bw_bits; None = fixed
+
+    def _cyclic(self, step: int, lo: int, hi: int) -> int:
+        return cyclic_bits(step, self.total_steps, self.cycles, lo, hi, self.profile, self.shape,
+                           flip=self.flip, rule=self.cycle_length, ties=self.ties)
+
+    def bits_at(self, step: int) -> tuple[int, int]:
+        """(forward bits, backward bits) for training step ``step`` (0-based)."""
+        if self.kind == "fp32":
+            return 32, 32
+        if self.kind == "static":
+            return self.bits, self.bw_bits
+        if self.kind == "deficit":
+            return (self.min_bits if step < self.deficit_steps else self.max_bits), self.bw_bits
+        if self.kind == "ldp":  # learned per layer (cprec/precision/ldp.py); the top of its range here
+            return self.max_bits, self.bw_bits
+        bw = self.bw_bits if self.bw_min_bits is None else self._cyclic(step, self.bw_min_bits, self.bw_bits)
+        return self._cyclic(step, self.min_bits, self.max_bits), bw
+
+    @property
+    def fw_range(self) -> tuple[int, int]:
+        """Lowest and highest forward bits the schedule can use."""
+        if self.kind == "fp32":
+            return 32, 32
+        if self.kind == "static":
+            return self.bits, self.bits
+        return self.min_bits, self.max_bits
+
+    @property
+    def bw_range(self) -> tuple[int, int]:
+        """Lowest and highest backward bits the schedule can use."""
+        if self.kind == "fp32":
+            return 32, 32
+        if self.kind == "cyclic" and self.bw_min_bits is not None:
+            return self.bw_min_bits, self.bw_bits
+        return self.bw_bits, self.bw_bits
+
+    def bit_ranges(self) -> dict[str, int]:
+        """The bit fields of summary.json and schedule.json: forward and backward ranges;
+        ``bits_bw`` is the top of the backward range (the configured bw_bits)."""
+        (fw_lo, fw_hi), (bw_lo, bw_hi) = self.fw_range, self.bw_range
+        return {"bits_fw_min": fw_lo, "bits_fw_max": fw_hi, "bits_bw": bw_hi,
+                "bits_bw_min": bw_lo, "bits_bw_max": bw_hi}
+
+    @property
+    def eval_bits(self) -> tuple[int, int]:
+        """Precision at evaluation: the schedule's highest forward and backward precision."""
+        return self.fw_range[1], self.bw_range[1]
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> PrecisionSchedule:
+        """A saved ``schedule_spec``, also one cprec wrote before the shapes were renamed
+        (decay -> falling, triangular -> rise_fall; their exp/rex cycles fell upside down)."""
+        spec = dict(spec)
+        old = {"decay": "falling", "triangular": "rise_fall"}
+        if spec.get("shape") in old and "flip" not in spec:
+            spec.update(shape=old[spec["shape"]], flip="vertical")
+        return cls(**spec)
+
+
+def build_schedule(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int] | None = None,
+                   fixed_bits: int | tuple[int, int] | None = None) -> PrecisionSchedule:
+    """Resolve a schedule config for a run of ``total_steps`` steps.
+
+    ``bounds`` (min, max forward bits, e.g. from the precision range test) replace the
+    configured ones; ``fixed_bits`` (a float format's width, or its (forward, backward)
+    widths) replaces the static bits.
+    """
+    check_schedule(cfg)
+    check_fits_run(cfg, total_steps)
+    lo, hi = bounds if bounds is not None else (cfg.min_bits, cfg.max_bits)
+    bits, bw = cfg.bits, cfg.bw_bits
+    if fixed_bits is not None:
+        if cfg.kind not in ("fp32", "static"):
+            raise ConfigError("schedule", cfg.name, "a float quant format has a fixed width; "
+                              "use schedule=static or schedule=fp32")
+        bits, bw = fixed_bits if isinstance(fixed_bits, tuple) else (fixed_bits, fixed_bits)
+    return PrecisionSchedule(cfg.kind, total_steps, bits, bw, lo, hi, cfg.cycles, cfg.profile,
+                             cfg.shape, cfg.deficit_steps, cfg.flip, cfg.cycle_length, cfg.ties,
+                             cfg.bw_min_bits)
+
+
+class PrecisionScheduler:
+    """Stateful wrapper that walks a schedule step by step (resumable like an LR scheduler)."""
+
+    def __init__(self, schedule: PrecisionSchedule) -> None:
+        self.schedule, self.step = schedule, 0
+
+    def current(self) -> tuple[int, int]:
+        return self.schedule.bits_at(self.step)
+
+    def advance(self) -> None:
+        self.step += 1
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+
+
+def relative_cost_of(schedule: PrecisionSchedule, macs: dict[str, int],
+                     quantized: set[str]) -> float:
+    """Relative training cost of a whole schedule (equal batches), without training.
+
+    The steps are counted per distinct (forward, backward) pair and priced by the same
+    ledger a real run uses; layers outside ``quantized`` count 32/32.
+    """
+    from collections import Counter
+
+    from cprec.cost import CostLedger
+
+    ledger = CostLedger(macs)
+    for (a, g), steps in Counter(map(schedule.bits_at, range(schedule.total_steps))).items():
+        ledger.add({n: ((a, g) if n in quantized else (32, 32)) for n in macs}, steps)
+    return ledger.relative_cost

@@ -1,0 +1,168 @@
+"""Every picture cprec draws (PNG, matplotlib Agg): the report's accuracy vs cost and per-run
+curves, the precision range test and the schedule preview.
+
+Uses matplotlib's Figure API directly (no pyplot): no global state, no display needed.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from cprec.engine.runs import atomic_write_bytes, read_metrics
+
+MAX_CURVE_POINTS = 20000  # schedule samples per run plot; plenty for 32 cycles
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """PNG bytes rendered in memory, then written atomically (engine/runs.py's rule)."""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _wrap(label: str, width: int = 90) -> str:
+    """Long override labels wrapped at commas so the legend stays inside the picture."""
+    return textwrap.fill(label.replace(",", ", "), width).replace(", ", ",")
+
+
+def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int = 0,
+                     metric: str = "acc") -> None:
+    """Final accuracy (``metric="ppl"``: perplexity, lower is better) against GBitOPs per
+    group, error bars over seeds, Pareto front marked."""
+    key, scale = f"final_{metric}", (100 if metric == "acc" else 1)
+    shown = [r for r in rows if r[f"{key}_mean"] is not None and r["gbitops_mean"] is not None]
+    labels = [_wrap(f"{r['group']} ({r['completed']}/{r['runs']} runs)") for r in shown]
+    legend_lines = sum(label.count("\n") + 1 for label in labels) + 1
+    fig = Figure(figsize=(8, 4.5 + 0.2 * legend_lines), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (r, label) in enumerate(zip(shown, labels)):
+        ax.errorbar(r["gbitops_mean"], scale * r[f"{key}_mean"], xerr=r["gbitops_std"] or 0,
+                    yerr=scale * (r[f"{key}_std"] or 0), fmt="o", capsize=4, color=f"C{i % 10}",
+                    label=label)
+    front = sorted((r["gbitops_mean"], scale * r[f"{key}_mean"]) for r in shown if r["pareto"])
+    if front:  # the best accuracy (perplexity) reachable at each cost: a staircase through the front
+        xs, ys = zip(*front)
+        ax.plot(xs, ys, "--", color="0.4", zorder=0, drawstyle="steps-post")
+        ax.scatter(xs, ys, s=220, facecolors="none", edgecolors="k", label="Pareto front")
+    costs = [r["gbitops_mean"] for r in shown if r["gbitops_mean"] > 0]
+    if costs and max(costs) / min(costs) > 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, plain numbers
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training cost (GBitOPs)")
+    what = "accuracy" if metric == "acc" else "perplexity"
+    ax.set_ylabel("final test accuracy (%)" if metric == "acc" else "final test perplexity (lower is better)")
+    title = f"final {what} vs training cost (mean ± sample std over seeds)"
+    if not_completed:
+        title += f"\n{not_completed} run(s) failed, diverged or unfinished: see report.md"
+    ax.set_title(title, fontsize=10, color="k" if not not_completed else "C3")
+    ax.grid(alpha=0.3)
+    if shown:
+        fig.legend(loc="outside lower center", fontsize=8, ncols=1, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
+    _save(fig, path)
+
+
+def run_plot_name(label: str, seed: Any, used: set[str]) -> str:
+    """A file name for one run's plot, unique within the report."""
+    stem = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{label}-seed{seed}")[:120]
+    name, n = f"{stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}.png"
+    used.add(name)
+    return name
+
+
+def schedule_curve(summary: dict) -> tuple[list[int], list[int], list[int]] | None:
+    """Forward/backward bits at every training step, from the schedule the run saved.
+
+    metrics.jsonl samples bits only at evaluations, which aliases a cyclic schedule (32
+    cycles, one evaluation per epoch); the schedule is a pure function of the step, and
+    summary.json's ``schedule_spec`` is the resolved schedule itself (bounds included), so
+    the exact curve comes back. None for runs that did not save it.
+    """
+    from cprec.precision.schedules import PrecisionSchedule  # torch-free
+
+    spec = summary.get("schedule_spec")
+    if not isinstance(spec, dict) or spec.get("kind") in ("ldp", "cpt_ldp"):
+        return None  # learned per layer: the layer heatmap (ldp_plots.py) shows those bits
+    sched = PrecisionSchedule.from_spec(spec)
+    steps = list(range(0, sched.total_steps, max(1, sched.total_steps // MAX_CURVE_POINTS)))
+    bits = [sched.bits_at(t) for t in steps]
+    return [t + 1 for t in steps], [b[0] for b in bits], [b[1] for b in bits]
+
+
+def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
+    """Bits (top) and accuracy or perplexity (bottom) over training steps for one run; False
+    if no data."""
+    records = read_metrics(run_dir)
+    if not records:
+        return False
+    try:
+        curve = schedule_curve(summary)
+    except (KeyError, TypeError, ValueError):
+        curve = None  # a foreign or damaged summary: fall back to the bits at evaluations
+    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    steps = [r["step"] for r in records]
+    if curve is not None:
+        # bits of step t (0-based) hold over (t, t+1]: "pre" puts the eval markers on the line
+        top.step(curve[0], curve[1], where="pre", color="C0", lw=1, label="forward bits")
+        top.step(curve[0], curve[2], where="pre", color="C3", lw=1, ls="--", label="backward bits")
+    top.plot(steps, [r["bits_fw"] for r in records], "o", color="C0", ms=3,
+             label="forward bits (at eval)" if curve is None else None)
+    top.plot(steps, [r["bits_bw"] for r in records], "s", color="C3", ms=3, mfc="none",
+             label="backward bits (at eval)" if curve is None else None)
+    top.set_ylabel("bits")
+    top.legend(fontsize=8, loc="best")
+    top.grid(alpha=0.3)
+    metric, scale = ("ppl", 1) if "test_ppl" in records[-1] else ("acc", 100)
+    bottom.plot(steps, [scale * r[f"test_{metric}"] for r in records], "o-", ms=3, label="test")
+    bottom.plot(steps, [scale * r[f"train_{metric}"] for r in records], ".--", ms=3, label="train (window)")
+    bottom.set_xlabel("training step")
+    bottom.set_ylabel("accuracy (%)" if metric == "acc" else "perplexity")
+    if metric == "ppl":
+        bottom.set_yscale("log")
+    bottom.legend(fontsize=8, loc="best")
+    bottom.grid(alpha=0.3)
+    status = summary.get("status", "missing")
+    fig.suptitle(f"{label}  seed {summary.get('seed', '?')}  [{status}]", fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def prt_curve(curve: list[dict], lower: int, upper: int, path: Path, title: str) -> None:
+    """The precision range test: smoothed training accuracy per precision, bounds marked."""
+    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([r["bits"] for r in curve], [r["train_acc"] for r in curve], "o-")
+    ax.axvline(lower, color="tab:green", ls="--", label=f"lower = {lower}")
+    ax.axvline(upper, color="tab:red", ls="--", label=f"upper = {upper}")
+    ax.set(xlabel="forward bits", ylabel="smoothed train accuracy", title=f"PRT: {title}")
+    ax.legend()
+    _save(fig, path)
+
+
+def schedule_bits(bits: list[tuple[int, int]], title: str, path: Path) -> None:
+    """A schedule's forward and backward bits at every step of the run (`cprec schedule`)."""
+    steps = range(len(bits))
+    fig = Figure(figsize=(8, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.step(steps, [b[0] for b in bits], where="post", label="forward (weights, activations)")
+    ax.step(steps, [b[1] for b in bits], where="post", ls="--", label="backward (errors)")
+    ax.set(xlabel="training step", ylabel="bits", ylim=(0, max(max(max(b) for b in bits), 8) + 1),
+           title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)

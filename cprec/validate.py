@@ -1,0 +1,60 @@
+"""Up-front validation of a whole run's config: every group's checker, called in one place.
+
+config.py holds the schemas and the checks of their plain ranges; the groups whose choices
+are code (schedules, optimizers, loss scaling, AMP, metric sinks) check themselves in their
+own modules. This module sits above both, so no group imports upward to be validated.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from cprec.config import (
+    TrainConfig,
+    check_dataset,
+    check_model,
+    check_prt,
+    check_quant,
+    check_trainer,
+    require,
+    require_choice,
+)
+from cprec.engine.loggers import SINKS
+from cprec.numerics.amp import check_amp
+from cprec.numerics.loss_scale import check_loss_scale
+from cprec.numerics.optim import check_optim
+from cprec.precision.schedules import check_learned_format, check_schedule
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """Resolve a composed DictConfig into the typed object library code takes."""
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, TrainConfig):  # composed without the schema (e.g. from a dict)
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        obj = OmegaConf.to_object(merged)
+    assert isinstance(obj, TrainConfig)
+    validate(obj)
+    return obj
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every value before any work is done; raise ConfigError naming key and range.
+
+    The plain ranges of each schema sit beside it in config.py; a group whose choices are
+    code is checked in its own module (schedules, optimizer, loss scaling, AMP, metric
+    sinks); model and dataset names by their registries when built.
+    """
+    check_trainer(cfg.trainer)
+    check_dataset(cfg.dataset)
+    check_model(cfg.model)
+    check_optim(cfg.optim)
+    check_schedule(cfg.schedule)
+    check_learned_format(cfg)
+    check_quant(cfg.quant)
+    check_prt(cfg.prt)
+    check_loss_scale(cfg)
+    check_amp(cfg)
+    require_choice("logger", cfg.logger, SINKS)
+    require(cfg.trainer.devices == 1 or cfg.dataset.name != "imagefolder", "trainer.devices",
+            cfg.trainer.devices, "data-parallel training does not shard dataset=imagefolder's "
+            "streaming loader; use trainer.devices=1")

@@ -1,0 +1,196 @@
+"""cprec inside your own training loop: quantized layers, named schedules and the cost ledger.
+
+The same parts `cprec train` assembles, without its run directory or Hydra:
+
+```python
+model = cprec.quantize(model)                       # the quant.* keys as keyword arguments
+sched = cprec.schedule("cpt_cosine", 400)           # any conf/schedule/<name>.yaml
+ledger = cprec.CostLedger(model, x[:1])             # MACs measured from a real input
+for step in range(400):
+    cprec.set_precision(model, *sched.bits(step))
+    ...                                             # forward, backward, optimizer step
+    ledger.add(len(x))
+ledger.gbitops, ledger.relative_cost                # the numbers summary.json reports
+```
+
+Mistakes raise `cprec.errors.ConfigError` / `cprec.errors.CprecError` whose
+message is the same single line the CLI prints.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from cprec import cost
+from cprec.config import QuantConfig, ScheduleConfig, check_bits, check_quant, require_choice
+from cprec.errors import ConfigError, CprecError
+from cprec.paths import config_dir
+from cprec.precision.schedules import PrecisionSchedule, build_schedule, check_schedule
+from cprec.quant import QuantRNG, build_quantizer, layer_bits, quant_layers, quantize_model
+from cprec.quant import set_precision as _set_layers
+
+__all__ = ["CostLedger", "Schedule", "quantize", "schedule", "set_precision"]
+
+Options = TypeVar("Options", QuantConfig, ScheduleConfig)
+LEARNED = ("ldp", "cpt_ldp")  # schedules whose bits are learned per layer, not a function of the step
+
+
+def _typed(schema: type[Options], group: str, base: dict[str, Any], options: dict[str, Any]) -> Options:
+    """``base`` then ``options`` over the schema's defaults; an unknown key or a wrong type is
+    a one-line ConfigError naming ``group.key``, as the CLI's."""
+    names = [f.name for f in fields(schema)]
+    for key, value in options.items():
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=3) or names
+            raise ConfigError(f"{group}.{key}", value, f"no such option; did you mean one of {near}?")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), base, options)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = f"{group}.{e.key}" if getattr(e, "key", None) else group
+        raise ConfigError(key, getattr(e, "value", None) or options.get(str(e.key)),
+                          str(e.msg).splitlines()[0]) from None
+
+
+def quantize(model: nn.Module, seed: int = 0, **quant_options: Any) -> nn.Module:
+    """Swap ``model``'s Conv2d/Linear layers for cprec's quantized ones, in place; return it.
+
+    Keyword arguments are the ``quant.*`` keys (``format``, ``quantize_first``,
+    ``quantize_last``, ``keep_full``, ``exp_bits`` ...), CPT's defaults otherwise: fixed point,
+    first layer quantized, final classifier in full precision. ``seed`` seeds stochastic
+    rounding of the errors (`cprec train` uses its run seed the same way). Layers start at
+    32/32 bits (full precision) until `set_precision` is called.
+    """
+    cfg = _typed(QuantConfig, "quant", {}, quant_options)
+    check_quant(cfg)
+    return quantize_model(model, build_quantizer(cfg), QuantRNG(seed + 7919), cfg.quantize_first,
+                          cfg.quantize_last, cfg.keep_full)
+
+
+def schedule_names() -> list[str]:
+    """Every named schedule: the files of conf/schedule/."""
+    return sorted(p.stem for p in (Path(config_dir()) / "schedule").glob("*.yaml"))
+
+
+def _schedule_yaml(name: str) -> dict[str, Any]:
+    """A schedule file with its ``defaults`` (other schedules it builds on) merged in first."""
+    require_choice("schedule", name, schedule_names())
+    raw = OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "schedule" / f"{name}.yaml"))
+    defaults = raw.pop("defaults", [])
+    merged: dict[str, Any] = {}
+    for parent in defaults if "_self_" in defaults else [*defaults, "_self_"]:  # Hydra's order
+        merged.update(raw if parent == "_self_" else _schedule_yaml(parent))
+    return merged
+
+
+class Schedule:
+    """A named schedule resolved for a run of ``total_steps`` steps: ``bits(step)`` gives the
+    (forward, backward) bits of training step ``step`` (0-based), as `cprec train` sets them."""
+
+    def __init__(self, name: str, resolved: PrecisionSchedule) -> None:
+        self.name, self.resolved = name, resolved
+
+    @property
+    def total_steps(self) -> int:
+        return self.resolved.total_steps
+
+    def bits(self, step: int) -> tuple[int, int]:
+        if not (isinstance(step, int) and 0 <= step < self.total_steps):
+            raise CprecError(f"step {step!r} is outside the steps of schedule {self.name!r}: "
+                             f"0..{self.total_steps - 1}")
+        return self.resolved.bits_at(step)
+
+    @property
+    def fw_range(self) -> tuple[int, int]:
+        """Lowest and highest forward bits the schedule uses."""
+        return self.resolved.fw_range
+
+    @property
+    def bw_range(self) -> tuple[int, int]:
+        return self.resolved.bw_range
+
+    def __repr__(self) -> str:
+        return (f"Schedule({self.name!r}, total_steps={self.total_steps}, fw={self.fw_range}, "
+                f"bw={self.bw_range})")
+
+
+def schedule(name: str, steps: int, **schedule_options: Any) -> Schedule:
+    """The named schedule (``conf/schedule/<name>.yaml``) over ``steps`` training steps.
+
+    Keyword arguments are the ``schedule.*`` keys (``min_bits``, ``max_bits``, ``cycles``,
+    ``bits``, ``bw_bits`` ...). Bounds are ``min_bits``/``max_bits`` as given (pass a
+    ``cprec prt`` result's ``lower_bits``/``upper_bits`` there); learned schedules (``ldp``,
+    ``cpt_ldp``) need `cprec train`, whose loop trains their precision parameters.
+    """
+    if not (isinstance(steps, int) and steps > 0):
+        raise ConfigError("steps", steps, "must be a positive number of training steps")
+    cfg = _typed(ScheduleConfig, "schedule", _schedule_yaml(name), schedule_options)
+    check_schedule(cfg)
+    if cfg.kind in LEARNED:
+        raise ConfigError("schedule", name, "learns per-layer bits inside cprec's training loop; "
+                          f"use `cprec train schedule={name}`, or a schedule of the step alone here")
+    if cfg.bounds == "prt":
+        raise ConfigError("schedule.bounds", "prt", "the API takes bounds as min_bits= and max_bits= "
+                          "(a cprec prt result's lower_bits and upper_bits)")
+    return Schedule(name, build_schedule(cfg, steps))
+
+
+def set_precision(model: nn.Module, fw_bits: int, bw_bits: int) -> None:
+    """Give every quantized layer of ``model`` forward bits ``fw_bits`` (weights and
+    activations) and backward bits ``bw_bits`` (errors) for the coming steps; 32 = full."""
+    check_bits("fw_bits", fw_bits)
+    check_bits("bw_bits", bw_bits)
+    if not quant_layers(model):
+        raise CprecError("the model has no quantized layers: call cprec.quantize(model) first")
+    _set_layers(model, fw_bits, bw_bits)
+
+
+class CostLedger:
+    """A training run's exact cost in BitOPs (DESIGN.md "Cost accounting"), charged per step
+    at the bits the model's layers hold when `add` is called.
+
+    ``example_input`` is one real input batch (its first sample is used) or a tuple of the
+    forward's arguments for one sample: MACs are measured from the shapes it produces.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor | tuple) -> None:
+        self.model = model
+        self.ledger = cost.CostLedger(cost.measure_macs(model, example_input))
+
+    def add(self, batch_size: int) -> None:
+        """Charge one training step of ``batch_size`` samples at the layers' current bits."""
+        if not (isinstance(batch_size, int) and batch_size > 0):
+            raise ConfigError("batch_size", batch_size, "must be a positive number of samples")
+        self.ledger.add(layer_bits(self.model), batch_size)
+
+    @property
+    def bitops(self) -> int:
+        return self.ledger.bitops
+
+    @property
+    def gbitops(self) -> float:
+        """Total training BitOPs / 1e9 (summary.json's ``gbitops``)."""
+        return self.ledger.gbitops
+
+    @property
+    def relative_cost(self) -> float:
+        """Cost relative to the same steps at 32/32 bits (summary.json's ``relative_cost``)."""
+        return self.ledger.relative_cost
+
+    def per_layer(self) -> list[dict]:
+        """Per layer: MACs, mean forward/backward bits, GBitOPs and share of the total."""
+        return self.ledger.per_layer()
+
+    def state_dict(self) -> dict:
+        return self.ledger.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ledger.load_state_dict(state)

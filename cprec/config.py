@@ -26,7 +26,7 @@ RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"
+    name: str = "resnet20"  # the model registry name (conf/model/<name>.yaml)
     width: int = 16  # channels of the first stage (CIFAR ResNets, lenet scale)
     hidden: int = 256  # hidden units (mlp, gcn, sage); embedding = hidden units (lstm, transformer_lm)
     # language models (cprec/models/lstm.py, transformer_lm.py)
@@ -39,7 +39,7 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = "digits"
+    name: str = "digits"  # the dataset registry name (conf/dataset/<name>.yaml)
     root: str | None = None  # where the files are; null = the dataset's default places
     train_subset: int | None = None  # keep the first N training samples
     test_subset: int | None = None  # keep the first N test samples
@@ -47,36 +47,30 @@ class DatasetConfig:
     # augment: pad the raw image (black border, CPT's torchvision pipeline) instead of the
     # normalised one (zeros = the mean colour)
     pad_before_normalize: bool = False
-    # per-channel normalisation; null = the training set's own mean and std
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    mean: list[float] | None = None  # per-channel mean; null (with std) = the training set's own
+    std: list[float] | None = None  # per-channel std; null (with mean) = the training set's own
     download: bool = True  # torchvision download when the files are missing and online
-    # synthetic only
-    num_train: int = 2048
-    num_test: int = 512
-    channels: int = 3
-    size: int = 32
-    classes: int = 10
-    # language models (cprec/tasks/language.py): tokens per training window (truncated BPTT)
-    bptt: int = 35
-    # imagefolder only (cprec/tasks/imagefolder.py): training crops (RandomResizedCrop) and the
-    # evaluation's center crop are image_size; evaluation resizes the short side to resize
-    # first; workers: DataLoader worker processes (0 = decode in the training process)
-    image_size: int = 224
-    resize: int = 256
-    workers: int = 2
+    num_train: int = 2048  # synthetic: training samples
+    num_test: int = 512  # synthetic: test samples
+    channels: int = 3  # synthetic: image channels
+    size: int = 32  # synthetic: image side in pixels
+    classes: int = 10  # synthetic: classes
+    bptt: int = 35  # language models: tokens per training window (truncated BPTT)
+    image_size: int = 224  # imagefolder: training crop (RandomResizedCrop) and eval center crop side
+    resize: int = 256  # imagefolder: evaluation resizes the short side to this first
+    workers: int = 2  # imagefolder: DataLoader worker processes (0 = decode in-process)
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "fp32"
+    name: str = "fp32"  # the schedule's name (conf/schedule/<name>.yaml)
     kind: str = "fp32"  # fp32 | static | cyclic | deficit | ldp | cpt_ldp
     bits: int = 8  # static forward bits
     bw_bits: int = 8  # backward (error) bits; the top of their range when bw_min_bits is set
     bw_min_bits: int | None = None  # cyclic: errors cycle bw_min_bits..bw_bits; null = fixed
-    min_bits: int = 3
-    max_bits: int = 8
-    cycles: int = 32
+    min_bits: int = 3  # cyclic/deficit/ldp: lowest forward bits
+    max_bits: int = 8  # cyclic/deficit/ldp: highest forward bits
+    cycles: int = 32  # cyclic: number of precision cycles over the run
     profile: str = "cosine"  # cosine | linear | exp | rex
     # growth (rises every cycle) | fall_rise (falls on even cycles, rises on odd: Better
     # Schedules' decay) | falling (every cycle) | rise_fall (rises on even, falls on odd)
@@ -88,10 +82,10 @@ class ScheduleConfig:
     deficit_steps: int = 0  # deficit: steps at min_bits before switching to max_bits
     # learned precision (ldp, cpt_ldp; cprec/precision/ldp.py, README "Learnable dynamic precision"):
     # training cost per step as a fraction of the same step at max_bits / bw_bits
-    target_cost: float = 0.6
+    target_cost: float = 0.6  # ldp: training cost per step as a fraction of the step at max_bits/bw_bits
     p_init: float = 0.0  # initial p_l in [0, 1] (ldp: 0 = min_bits; cpt_ldp: 0.5 = no offset)
     p_lr: float = 0.05  # SGD on the (normalised) precision gradients
-    p_momentum: float = 0.0
+    p_momentum: float = 0.0  # ldp: momentum of the precision parameters' SGD
     cost_push: str = "both"  # both: push down above the target, up below | down: only down
     push_strength: float = 1.0  # lambda: the push of a layer is lambda * L * its cost share
     warmup: float = 0.1  # fraction of the steps before the achieved cost is held to the target
@@ -101,8 +95,8 @@ class ScheduleConfig:
 @dataclass
 class QuantConfig:
     format: str = "fixed"  # fixed | float
-    quantize_first: bool = True
-    quantize_last: bool = False
+    quantize_first: bool = True  # quantize the first conv/linear layer too (CPT: yes)
+    quantize_last: bool = False  # quantize the final classifier too (CPT: no)
     # module-name patterns (fnmatch, e.g. "*downsample*") of Conv2d/Linear layers kept in full
     # precision besides the first/last rule (CPT's ImageNet ResNets: the shortcut convs)
     keep_full: list[str] = field(default_factory=list)
@@ -116,26 +110,26 @@ class QuantConfig:
     # (true); false = CPT's grid, min + k * (max - min) / (2^b - 1) (errors: always CPT's)
     zero_exact: bool = True
     # float formats (format=float)
-    exp_bits: int = 5
-    man_bits: int = 10
+    exp_bits: int = 5  # format=float: exponent bits of weights/activations
+    man_bits: int = 10  # format=float: mantissa bits of weights/activations
     rounding: str = "nearest"  # float rounding of weights/activations: nearest | stochastic
     overflow: str = "saturate"  # saturate | inf
     has_inf: bool = True  # False: the top exponent holds numbers (OCP fp8 E4M3)
     error_exp_bits: int | None = None  # errors in another float format (IEEE-style, with inf)
-    error_man_bits: int | None = None
+    error_man_bits: int | None = None  # the errors' mantissa bits (with error_exp_bits)
 
 
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # sgd | adam (L2 added to the gradient, torch.optim.Adam) | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # sgd momentum
+    nesterov: bool = False  # sgd: Nesterov momentum
+    weight_decay: float = 5e-4  # L2 (sgd, adam) or decoupled (adamw) weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam/adamw betas
     lr_schedule: str = "multistep"  # multistep | cosine | constant
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of run
-    gamma: float = 0.1
+    gamma: float = 0.1  # multistep: lr factor at each milestone
     warmup_steps: int = 0  # warm-up steps: linear from 0 to lr, or constant at warmup_lr
     warmup_lr: float | None = None  # a constant lr during warm-up (CPT's ResNet-110: 0.01)
     decay_all: bool = False  # weight decay on every parameter, BN and biases too (CPT's code)
@@ -153,11 +147,11 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 30
+    epochs: int = 30  # run length in epochs (unless trainer.steps is set)
     steps: int | None = None  # total optimizer steps; wins over epochs when set
-    batch_size: int = 128
+    batch_size: int = 128  # global training batch (split over trainer.devices)
     drop_last: bool = True  # false: an epoch's last, smaller batch is trained too (CPT's loader)
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 1000  # evaluation batch (not training cost)
     eval_every: int | None = None  # steps; null = once per epoch
     eval_bits: str = "max"  # max: the schedule's top forward bits | current: the step's (CPT)
     checkpoint_every: int | None = None  # steps; null = at every evaluation
@@ -166,19 +160,19 @@ class TrainerConfig:
     threads: int | None = None  # torch CPU threads; null = torch's default
     # data parallel (cprec/engine/distributed.py, README "Data-parallel training"): processes, one
     # shard of every global batch each; BatchNorm statistics per process unless sync_bn
-    devices: int = 1
-    sync_bn: bool = False
+    devices: int = 1  # data-parallel processes, one shard of every global batch each
+    sync_bn: bool = False  # data parallel: BatchNorm statistics over all processes
     dist_timeout_s: int = 300  # a collective waiting longer ends the group (a rank died)
 
 
 @dataclass
 class PrtConfig:
-    start_bits: int = 2
-    max_bits: int = 16
+    start_bits: int = 2  # the first bit level the test trains at
+    max_bits: int = 16  # the test stops at this many bits at the latest
     # steps_per_bits, smoothing, batch_size: calibrated over 5 seeds on digits and Fashion-MNIST
     # (README "PRT calibration", scripts/prt_calibration.py): the lower bound repeats on 5/5
     # seeds at 1.2% of the default digits run's BitOPs; fewer steps (10) split Fashion-MNIST 3/2
-    steps_per_bits: int = 20
+    steps_per_bits: int = 20  # training steps at each bit level
     threshold: float = 0.05  # accuracy gain over the level below that marks convergence
     upper_bits: Any = 8  # an int, or "auto": where the gain drops below threshold again
     smoothing: int = 10  # training accuracy averaged over this many last steps of a level
@@ -193,16 +187,16 @@ class LossScaleConfig:
     scale: float = 1.0  # static: the scale; adaptive: the loss's own scale (where it starts)
     # dynamic (torch.amp.GradScaler's rule): initial scale, x growth_factor after
     # growth_interval clean steps, x backoff_factor (and the step skipped) on overflow
-    init_scale: float = 65536.0
-    growth_factor: float = 2.0
-    backoff_factor: float = 0.5
-    growth_interval: int = 2000
+    init_scale: float = 65536.0  # dynamic: the initial scale
+    growth_factor: float = 2.0  # dynamic: x this after growth_interval clean steps
+    backoff_factor: float = 0.5  # dynamic: x this (and the step skipped) on overflow
+    growth_interval: int = 2000  # dynamic: clean steps before the scale grows
     # adaptive (Zhao et al.; PAPERS.md 4): target underflow rate, bounds, recompute period
     target_underflow: float = 1e-3
     # bounds on the scale accumulated down the network and on one layer's factor alpha; null =
     # none beyond alpha >= 1 and the format's largest value (ada-loss's fp16 heuristics: 1024, 16)
-    accum_bound: float | None = None
-    layer_bound: float | None = None
+    accum_bound: float | None = None  # adaptive: bound on the scale accumulated down the network
+    layer_bound: float | None = None  # adaptive: bound on one layer's factor alpha
     update_every: int = 1  # steps between recomputations of the layer scales
     # count underflow/overflow of the errors per layer; null = on whenever loss scaling is on
     telemetry: bool | None = None
@@ -214,14 +208,14 @@ class AmpConfig:
 
     name: str = "off"  # off | bf16 | fp16
     init_scale: float = 65536.0  # fp16's GradScaler
-    growth_interval: int = 2000
+    growth_interval: int = 2000  # fp16: GradScaler's clean steps before the scale grows
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = 0  # seeds weights, data order, augmentation and stochastic rounding
     resume: str | None = None  # a run directory to continue (its saved overrides are reused)
-    output_root: str = "outputs"
+    output_root: str = "outputs"  # runs land in <output_root>/<command>/...; $CPREC_OUTPUT_ROOT too
     logger: str = "none"  # none | tensorboard: where metrics go besides metrics.jsonl
     # the paper's reported figures for a preset (cprec report shows them beside the runs'):
     # {source: str, metrics: {final_acc | best_acc | relative_cost ...: value}}; null elsewhere

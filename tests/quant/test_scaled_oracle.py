@@ -33,20 +33,25 @@ RULES = ("floor", "rceil", "ceil", "even")
 FMAX = torch.finfo(torch.float32).max
 
 
+def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Seeded normal samples: the tests do not depend on the global RNG or test order."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
 def edge_blocks(block: int = 32, seed: int = 0, finite: bool = False) -> torch.Tensor:
     """Rows of 256 made of ``block``-sized blocks that each probe one case."""
     g = torch.Generator().manual_seed(seed)
 
-    def randn() -> torch.Tensor:
+    def normal() -> torch.Tensor:
         return torch.randn(block, generator=g)
 
-    blocks = [randn() * 2.0 ** k for k in range(-40, 41, 4)]  # magnitudes 2^-40 .. 2^40
+    blocks = [normal() * 2.0 ** k for k in range(-40, 41, 4)]  # magnitudes 2^-40 .. 2^40
     blocks += [torch.zeros(block), -torch.zeros(block)]  # all-zero blocks, both signs
-    half = randn()
+    half = normal()
     half[::2] = 0
     subnormal = torch.full((block,), 1e-40)  # fp32 subnormals beside a normal value
     subnormal[:3] = torch.tensor([1.0, -3e-42, 1.4e-45])
-    largest = randn() * 1e37
+    largest = normal() * 1e37
     largest[:2] = torch.tensor([FMAX, -FMAX])  # the largest float32 values: scale 2^127
     ties = torch.linspace(-6, 6, block)  # halfway points of the small element grids
     eighths = (torch.arange(block) - block // 2).float() / 8
@@ -55,7 +60,7 @@ def edge_blocks(block: int = 32, seed: int = 0, finite: bool = False) -> torch.T
     blocks += [half, subnormal, largest, ties, eighths, below_pow2, pow2]
     if not finite:
         for value, where in ((float("nan"), 3), (float("inf"), 5), (-float("inf"), 7)):
-            special = randn()
+            special = normal()
             special[where] = value
             blocks.append(special)
     x = torch.cat(blocks)
@@ -138,7 +143,7 @@ def torchao_nvfp4(x: torch.Tensor) -> torch.Tensor:
 def test_nvfp4_matches_torchao_bitwise() -> None:
     """NVFP4 with its per-tensor scale from the tensor's amax (torchao ``to_nvfp4`` with
     ``per_tensor_amax_to_scale``): finite edge blocks in blocks of 16, and random data."""
-    for x in (edge_blocks(16, finite=True), torch.randn(64, 256) * 3.0):
+    for x in (edge_blocks(16, finite=True), randn(64, 256) * 3.0):
         assert_bitwise(fake_quantize(x, "nvfp4"), torchao_nvfp4(x))
 
 
@@ -147,7 +152,7 @@ def test_nvfp4_nonfinite_and_all_zero_tensors() -> None:
     in both. Deliberate difference: an all-zero tensor (per-tensor scale 0) is zeros in
     cprec, where torchao divides 0 by 0 and returns NaN."""
     for value in (float("nan"), float("inf")):
-        x = torch.randn(4, 32)
+        x = randn(4, 32)
         x[1, 3] = value
         assert_bitwise(fake_quantize(x, "nvfp4"), torchao_nvfp4(x))
         assert torch.isnan(fake_quantize(x, "nvfp4")).all()

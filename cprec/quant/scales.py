@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import torch
 
-from cprec.quant.elements import Element, round_element
+from cprec.quant.elements import Element, round_element, round_saturated
 
 RULES = ("floor", "rceil", "ceil", "even")
 E8M0_BIAS, E8M0_NAN = 127, 255
@@ -93,7 +93,8 @@ def quantize_e8m0(groups: torch.Tensor, elem: Element, rule: str,
     amax = groups.abs().amax(dim=-1, keepdim=True)
     codes = e8m0_codes(amax, elem, rule)
     scale = e8m0_values(codes)
-    return round_element(groups / scale, elem, key) * scale, codes
+    v = torch.div(groups, scale).clamp_(-elem.max_value, elem.max_value)
+    return round_saturated(v, elem, key).mul_(scale), codes
 
 
 def fp32_scales(amax: torch.Tensor, elem: Element, pow2: bool = False) -> torch.Tensor:
@@ -106,7 +107,8 @@ def fp32_scales(amax: torch.Tensor, elem: Element, pow2: bool = False) -> torch.
 def quantize_fp32(groups: torch.Tensor, elem: Element, scale: torch.Tensor,
                   key: torch.Tensor | None = None) -> torch.Tensor:
     """Each row times its fp32 ``scale``, rounded, divided by it (torchao float8)."""
-    return round_element(groups * scale, elem, key) / scale
+    v = torch.mul(groups, scale).clamp_(-elem.max_value, elem.max_value)
+    return round_saturated(v, elem, key).div_(scale)
 
 
 def quantize_e4m3(groups: torch.Tensor, elem: Element,
@@ -119,4 +121,5 @@ def quantize_e4m3(groups: torch.Tensor, elem: Element,
     block = torch.clamp(amax / elem.max_value / per_tensor, E4M3_TINY, E4M3_MAX)
     block = round_element(block, E4M3)
     reciprocal = (1.0 / per_tensor) / block
-    return round_element(groups * reciprocal, elem, key) * (per_tensor * block), block
+    v = torch.mul(groups, reciprocal).clamp_(-elem.max_value, elem.max_value)
+    return round_saturated(v, elem, key).mul_(per_tensor * block), block

@@ -41,8 +41,8 @@ def to_groups(x: torch.Tensor, granularity: str, axis: int, block_size: int = 32
     def unmove(m: torch.Tensor) -> torch.Tensor:
         return m.reshape(moved.shape).movedim(-1, axis)
 
-    if granularity in ("row", "channel"):
-        return rows, unmove
+    if granularity in ("row", "channel") or (granularity == "block" and length <= block_size):
+        return rows, unmove  # an axis within one block: the zero-padded block is the row
     if granularity == "block":
         tile = (1, block_size)
     if tile is None:

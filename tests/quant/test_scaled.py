@@ -46,12 +46,15 @@ def test_axis_of_a_4d_tensor_is_a_moved_last_axis() -> None:
 
 
 def test_a_block_that_does_not_fill_is_zero_padded() -> None:
-    """K = 27 (a first conv's 3x3x3) with blocks of 32: as if padded with zeros to 32."""
-    x = randn(10, 27) * 5
-    padded = torch.nn.functional.pad(x, (0, 5))
-    for fmt in ("mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "fp8_e4m3_1x128", "fp8_e4m3_128x128"):
-        expected = fake_quantize(padded, fmt)[:, :27]
-        assert torch.equal(bits(fake_quantize(x, fmt)), bits(expected)), fmt
+    """K = 27 (a first conv's 3x3x3) with blocks of 32, and K = 45 (a block and a part): as
+    if padded with zeros to a whole number of blocks."""
+    for k in (27, 45):
+        x = randn(10, k) * 5
+        padded = torch.nn.functional.pad(x, (0, 64 - k))
+        for fmt in ("mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "fp8_e4m3_1x128",
+                    "fp8_e4m3_128x128"):
+            expected = fake_quantize(padded, fmt)[:, :k]
+            assert torch.equal(bits(fake_quantize(x, fmt)), bits(expected)), (fmt, k)
 
 
 def test_tiles_take_one_scale_per_2d_tile() -> None:

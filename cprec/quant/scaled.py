@@ -12,6 +12,8 @@ Non-finite values: a NaN makes its whole group NaN (its scale is NaN: OCP's E8M0
 for NVFP4 and per-tensor fp32 scales the group is the tensor); an inf saturates to the
 element's largest value times the scale (inf again when that overflows float32, as it does
 for E8M0 scales, and NaN for fp32 and NVFP4 scales, whose scale the inf sets to 0).
+Delayed scales come from earlier steps, so there a NaN stays one NaN and an inf saturates
+to max_elem / scale.
 """
 
 from __future__ import annotations

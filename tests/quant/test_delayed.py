@@ -40,6 +40,13 @@ def test_zero_and_nonfinite_amax_keep_the_scale() -> None:
     assert float(history.scale) == 14336
 
 
+def test_nan_amax_counts_as_zero() -> None:
+    """TE takes maxima with fmaxf (NaN skipped): a NaN step leaves 4 the history's max, and
+    two steps later the window holds only 1s (NaN propagation would keep 112 frozen)."""
+    history = AmaxHistory(length=2, max_value=448.0)
+    assert run(history, [4, float("nan"), 1, 1]) == [1, 112, 112, 448]
+
+
 def test_most_recent_and_margin() -> None:
     history = AmaxHistory(length=4, max_value=448.0, margin=1, algo="most_recent")
     assert run(history, [2, 8, 1]) == [1, 112, 28]

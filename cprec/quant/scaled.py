@@ -110,9 +110,9 @@ def quantize_operand(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
 def operand_spec(fmt: str | OperandSpec, scale_rule: str = "floor", **spec: Any) -> OperandSpec:
     """The OperandSpec ``fake_quantize`` uses: a ``FORMATS`` name or an element name (then
     the OperandSpec defaults: blocks of 32 with E8M0 scales), with ``spec`` overrides."""
-    if isinstance(fmt, OperandSpec):
-        return OperandSpec(**{**fmt.__dict__, "rule": scale_rule, **spec}) \
-            if scale_rule != "floor" or spec else fmt
+    if isinstance(fmt, OperandSpec):  # its own rule stands unless scale_rule says otherwise
+        overrides = {**({"rule": scale_rule} if scale_rule != "floor" else {}), **spec}
+        return OperandSpec(**{**fmt.__dict__, **overrides}) if overrides else fmt
     if fmt in FORMATS:
         return preset(fmt, "fmt", rule=scale_rule, **spec)
     return OperandSpec(**{"elem": fmt, "rule": scale_rule, **spec})

@@ -10,7 +10,7 @@ from cprec.quant.elements import parse_element, round_element
 from cprec.quant.floatfmt import FloatFormat, quantize_float
 from cprec.quant.reference import grid, quant_per_channel, quant_tensor_batch_range
 from cprec.quant.scaled import OperandState, fake_quantize, quantize_operand
-from cprec.quant.spec import OperandSpec, preset
+from cprec.quant.spec import FORMATS, OperandSpec, preset
 
 E2M1_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
@@ -164,3 +164,18 @@ def test_operand_spec_is_accepted_directly() -> None:
     x = randn(4, 64)
     spec = OperandSpec(elem="e2m1", block_size=16)
     assert torch.equal(fake_quantize(x, spec), fake_quantize(x, "mxfp4", block_size=16))
+    rceil = OperandSpec(elem="e2m1", rule="rceil")
+    assert torch.equal(fake_quantize(x, rceil, rounding="nearest"),
+                       fake_quantize(x, "mxfp4", scale_rule="rceil"))
+
+
+def test_the_input_is_never_modified() -> None:
+    """The fast paths work in place, on temporaries only."""
+    x = randn(8, 64) * 10
+    x[0, 0] = float("nan")
+    keep = x.clone()
+    for fmt in FORMATS:
+        state = OperandState.for_spec(preset(fmt))
+        for rounding in ("nearest", "stochastic"):
+            fake_quantize(x, fmt, rounding=rounding, state=state)
+            assert torch.equal(bits(x), bits(keep)), (fmt, rounding)

@@ -14,8 +14,13 @@ one place that knows how groups lie in the tensor:
 
 A block or tile that does not fill (an axis of 27 with blocks of 32) is padded with zeros
 inside the group, then cropped: zeros never raise a group's amax and lie on every grid, so
-the padded elements change nothing else. The tensor is reshaped once; with ``axis`` the
-last dimension of a contiguous tensor and no padding nothing is copied.
+the padded elements change nothing else.
+
+Rows, and blocks that tile the axis exactly (or an axis no longer than one block), are
+views of a contiguous tensor, whatever the axis: the group runs along dimension ``dim`` of
+``x.unflatten(axis, (L / k, k))``, so nothing is copied and the result keeps x's layout
+(an NCHW activation blocked along C stays NCHW). Padded blocks and 2-D tiles are gathered
+into a ``(groups, group_size)`` matrix once and scattered back once.
 """
 
 from __future__ import annotations
@@ -29,25 +34,32 @@ Restore = Callable[[torch.Tensor], torch.Tensor]
 
 
 def to_groups(x: torch.Tensor, granularity: str, axis: int, block_size: int = 32,
-              tile: tuple[int, int] | None = None) -> tuple[torch.Tensor, Restore]:
-    """``(groups, restore)``: ``groups`` is 2-D, one scaling group per row, and
-    ``restore(g)`` turns a tensor shaped like ``groups`` back into ``x``'s shape/layout."""
+              tile: tuple[int, int] | None = None) -> tuple[torch.Tensor, Restore, int]:
+    """``(groups, restore, dim)``: every slice of ``groups`` along ``dim`` is one scaling
+    group, and ``restore(g)`` turns a tensor shaped like ``groups`` back into ``x``'s shape."""
     if granularity == "tensor":
-        return x.reshape(1, -1), lambda g: g.reshape(x.shape)
+        return x.reshape(1, -1), lambda g: g.reshape(x.shape), -1
+    if granularity == "tile" and tile is not None and tile[0] == 1:  # 1 x k: blocks of k
+        granularity, block_size = "block", tile[1]
+    axis = axis % x.dim()
+    length = x.shape[axis]
+    x = x.contiguous()
+    if granularity in ("row", "channel") or (granularity == "block" and length <= block_size):
+        return x, lambda g: g, axis  # an axis within one block: the zero-padded block is the row
+    if granularity == "block" and length % block_size == 0:
+        blocks = x.unflatten(axis, (length // block_size, block_size))
+        return blocks, lambda g: g.flatten(axis, axis + 1), axis + 1
     moved = x.movedim(axis, -1)
-    length = moved.shape[-1]
     rows = moved.reshape(-1, length)
 
     def unmove(m: torch.Tensor) -> torch.Tensor:
-        return m.reshape(moved.shape).movedim(-1, axis)
+        return m.reshape(moved.shape).movedim(-1, axis).contiguous()
 
-    if granularity in ("row", "channel") or (granularity == "block" and length <= block_size):
-        return rows, unmove  # an axis within one block: the zero-padded block is the row
     if granularity == "block":
         tile = (1, block_size)
     if tile is None:
         raise ValueError(f"unknown granularity {granularity!r}")
-    return _tiles(rows, tile, unmove)
+    return (*_tiles(rows, tile, unmove), -1)
 
 
 def _tiles(rows: torch.Tensor, tile: tuple[int, int], unmove: Restore

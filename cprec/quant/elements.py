@@ -159,11 +159,12 @@ def round_nearest_float(v: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     return v.div_(step).round_().mul_(step)
 
 
-def round_fixed(groups: torch.Tensor, bits: int, key: torch.Tensor | None = None) -> torch.Tensor:
-    """Each row of ``groups`` on cprec's zero-exact asymmetric grid over its own min..max
-    (reference.grid): to nearest as ``reference.round_nearest`` or stochastically."""
+def round_fixed(groups: torch.Tensor, bits: int, key: torch.Tensor | None = None,
+                dim: int = -1) -> torch.Tensor:
+    """Each group (a slice along ``dim``) on cprec's zero-exact asymmetric grid over its own
+    min..max (reference.grid): to nearest as ``reference.round_nearest`` or stochastically."""
     levels = torch.tensor(float((1 << bits) - 1), device=groups.device)
-    lo, hi = torch.aminmax(groups, dim=-1, keepdim=True)
+    lo, hi = torch.aminmax(groups, dim=dim, keepdim=True)
     scale, offset = grid(lo, hi, levels, True)
     scaled = groups / scale
     codes = torch.round(scaled) if key is None else torch.floor(scaled + _noise(groups, key))

@@ -90,20 +90,20 @@ def quantize_operand(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
     key = rounding_key(generator, x.device) if spec.rounding == "stochastic" else None
     if spec.granularity == "none":
         return round_element(x, elem, key)
-    groups, restore = to_groups(x, spec.granularity, axis, spec.block_size, spec.tile)
+    groups, restore, dim = to_groups(x, spec.granularity, axis, spec.block_size, spec.tile)
     if elem.kind == FIXED:
-        return restore(round_fixed(groups, elem.bits, key))
+        return restore(round_fixed(groups, elem.bits, key, dim))
     if spec.scale == "e8m0":
-        return restore(quantize_e8m0(groups, elem, spec.rule, key)[0])
+        return restore(quantize_e8m0(groups, elem, spec.rule, key, dim)[0])
     if spec.scale == "e4m3":
-        return restore(quantize_e4m3(groups, elem, key)[0])
+        return restore(quantize_e4m3(groups, elem, key, dim)[0])
     if spec.amax == "delayed":
         if state is None or state.amax is None:
             raise ValueError("amax='delayed' needs state=OperandState.for_spec(spec)")
         state.amax.record(groups.abs().amax())
         scale = state.amax.scale
     else:
-        scale = fp32_scales(groups.abs().amax(dim=-1, keepdim=True), elem, spec.pow2)
+        scale = fp32_scales(groups.abs().amax(dim=dim, keepdim=True), elem, spec.pow2)
     return restore(quantize_fp32(groups, elem, scale, key))
 
 

@@ -87,10 +87,11 @@ def e8m0_values(codes: torch.Tensor) -> torch.Tensor:
     return torch.where(codes == E8M0_NAN, float("nan"), values)
 
 
-def quantize_e8m0(groups: torch.Tensor, elem: Element, rule: str,
-                  key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(result, codes): each row of ``groups`` scaled by its E8M0 X, rounded, times X."""
-    amax = groups.abs().amax(dim=-1, keepdim=True)
+def quantize_e8m0(groups: torch.Tensor, elem: Element, rule: str, key: torch.Tensor | None = None,
+                  dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(result, codes): each group (a slice along ``dim``) scaled by its E8M0 X, rounded,
+    times X."""
+    amax = groups.abs().amax(dim=dim, keepdim=True)
     codes = e8m0_codes(amax, elem, rule)
     scale = e8m0_values(codes)
     v = torch.div(groups, scale).clamp_(-elem.max_value, elem.max_value)
@@ -106,16 +107,17 @@ def fp32_scales(amax: torch.Tensor, elem: Element, pow2: bool = False) -> torch.
 
 def quantize_fp32(groups: torch.Tensor, elem: Element, scale: torch.Tensor,
                   key: torch.Tensor | None = None) -> torch.Tensor:
-    """Each row times its fp32 ``scale``, rounded, divided by it (torchao float8)."""
+    """Each group times its fp32 ``scale`` (broadcast), rounded, divided by it (torchao
+    float8)."""
     v = torch.mul(groups, scale).clamp_(-elem.max_value, elem.max_value)
     return round_saturated(v, elem, key).div_(scale)
 
 
-def quantize_e4m3(groups: torch.Tensor, elem: Element,
-                  key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(result, block scales): NVFP4's two-level scaling of each row (module docstring);
-    the per-tensor amax is that of all rows."""
-    amax = groups.abs().amax(dim=-1, keepdim=True)
+def quantize_e4m3(groups: torch.Tensor, elem: Element, key: torch.Tensor | None = None,
+                  dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(result, block scales): NVFP4's two-level scaling of each group (a slice along
+    ``dim``; module docstring); the per-tensor amax is that of all groups."""
+    amax = groups.abs().amax(dim=dim, keepdim=True)
     per_tensor = amax.max() / (E4M3_MAX * elem.max_value)
     per_tensor = torch.where(per_tensor == 0, 1.0, per_tensor)  # all zeros: zeros, not NaN
     block = torch.clamp(amax / elem.max_value / per_tensor, E4M3_TINY, E4M3_MAX)

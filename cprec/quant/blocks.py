@@ -1,8 +1,9 @@
-"""Cut a tensor into scaling groups, one group per row of a 2-D view, and put it back.
+"""Cut a tensor into scaling groups, each a slice along one dimension of a view, and put
+it back.
 
 Every scaled format computes one scale per group and rounds the group's elements with it,
-so the numerics (scales.py) see only a ``(groups, group_size)`` matrix; this module is the
-one place that knows how groups lie in the tensor:
+so the numerics (scales.py) see only a tensor and the dimension its groups run along; this
+module is the one place that knows how groups lie in the tensor:
 
 - ``tensor``: one group, the whole tensor.
 - ``row`` / ``channel``: one group per slice along ``axis`` (the GEMM's reduction axis):

@@ -5,8 +5,8 @@ tile, delayed scaling), for the layers and for users (``cprec.fake_quantize``): 
 float32 out, the values the low-precision GEMM would see. The definitions live next to the
 code that computes them: groups in blocks.py, scales and their rules in scales.py, element
 rounding in elements.py (floatfmt's float rounding), delayed amax in delayed.py, the
-Hadamard transform in hadamard.py. Each piece is a few whole-tensor torch ops on one
-``(groups, group_size)`` view: no Python loop over blocks, the same code on CPU and GPU.
+Hadamard transform in hadamard.py. Each piece is a few whole-tensor torch ops on one view
+of the groups (blocks.py): no Python loop over blocks, the same code on CPU and GPU.
 
 Non-finite values: a NaN makes its whole group NaN (its scale is NaN: OCP's E8M0 NaN code;
 for NVFP4 and per-tensor fp32 scales the group is the tensor); an inf saturates to the

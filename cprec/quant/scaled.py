@@ -1,0 +1,142 @@
+"""Quantize-dequantize ("fake quantize") of a tensor in a scaled number format.
+
+The element-level operation behind every scaled recipe (MX, NVFP4, FP8 per tensor / row /
+tile, delayed scaling), for the layers and for users (``cprec.fake_quantize``): float32 in,
+float32 out, the values the low-precision GEMM would see. The definitions live next to the
+code that computes them: groups in blocks.py, scales and their rules in scales.py, element
+rounding in elements.py (floatfmt's float rounding), delayed amax in delayed.py, the
+Hadamard transform in hadamard.py. Each piece is a few whole-tensor torch ops on one view
+of the groups (blocks.py): no Python loop over blocks, the same code on CPU and GPU.
+
+Non-finite values: a NaN makes its whole group NaN (its scale is NaN: OCP's E8M0 NaN code;
+for NVFP4 and per-tensor fp32 scales the group is the tensor); an inf saturates to the
+element's largest value times the scale (inf again when that overflows float32, as it does
+for E8M0 scales, and NaN for fp32 and NVFP4 scales, whose scale the inf sets to 0).
+Delayed scales come from earlier steps, so there a NaN stays one NaN and an inf saturates
+to max_elem / scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cprec.quant.blocks import to_groups
+from cprec.quant.delayed import AmaxHistory
+from cprec.quant.elements import FIXED, round_element, round_fixed
+from cprec.quant.hadamard import RandomHadamard
+from cprec.quant.scales import fp32_scales, quantize_e4m3, quantize_e8m0, quantize_fp32
+from cprec.quant.spec import FORMATS, OperandSpec, preset
+
+
+@dataclass
+class OperandState:
+    """What an operand carries from step to step: its delayed-scaling amax history and its
+    Hadamard signs (both go into checkpoints through ``state_dict``)."""
+
+    amax: AmaxHistory | None = None
+    hadamard: RandomHadamard | None = None
+
+    @classmethod
+    def for_spec(cls, spec: OperandSpec, seed: int = 0,
+                 device: torch.device | str = "cpu") -> OperandState:
+        """The state ``spec`` needs: a history of ``spec.history`` steps and/or the
+        Hadamard transform of ``seed``."""
+        amax = AmaxHistory(spec.history, spec.element.max_value, device=device) \
+            if spec.amax == "delayed" else None
+        return cls(amax, RandomHadamard(seed) if spec.hadamard else None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"amax": None if self.amax is None else self.amax.state_dict(),
+                "hadamard": None if self.hadamard is None else self.hadamard.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("amax") is not None:
+            self.amax.load_state_dict(state["amax"])
+        if state.get("hadamard") is not None:
+            self.hadamard.load_state_dict(state["hadamard"])
+
+
+def rounding_key(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """An int32 key for the stochastic-rounding hash stream (reference.uniform_from_hash),
+    drawn from ``generator`` (a CPU torch.Generator; None: torch's default one)."""
+    key = torch.randint(-(2 ** 31), 2 ** 31 - 1, (), dtype=torch.int32, generator=generator)
+    return key.to(device)
+
+
+def quantize_operand(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
+                     generator: torch.Generator | None = None,
+                     state: OperandState | None = None) -> torch.Tensor:
+    """``x`` quantized as ``spec`` says along ``axis`` (its GEMM's reduction axis) and
+    dequantized back to float32, same shape.
+
+    ``rounding="stochastic"`` draws one key from ``generator`` per call (see
+    ``rounding_key``). ``amax="delayed"`` casts with ``state.amax.scale`` and records this
+    tensor's amax in the history (the caller calls ``state.amax.update()`` once per step).
+    ``hadamard=True`` transforms ``x`` along ``axis`` (``state.hadamard``, seed 0 if none),
+    quantizes, and transforms back: the GEMM of two such operands equals, in exact
+    arithmetic, the GEMM of the transformed quantized operands (M M^T = I).
+    """
+    x = x.detach().float()
+    if spec.hadamard:
+        rht = state.hadamard if state is not None and state.hadamard is not None \
+            else RandomHadamard(0)
+        inner = OperandSpec(**{**spec.__dict__, "hadamard": False})
+        return rht.inverse(quantize_operand(rht.transform(x, axis), inner, axis, generator,
+                                            state), axis)
+    elem = spec.element
+    key = rounding_key(generator, x.device) if spec.rounding == "stochastic" else None
+    if spec.granularity == "none":
+        return round_element(x, elem, key)
+    groups, restore, dim = to_groups(x, spec.granularity, axis, spec.block_size, spec.tile)
+    if elem.kind == FIXED:
+        return restore(round_fixed(groups, elem.bits, key, dim))
+    if spec.scale == "e8m0":
+        return restore(quantize_e8m0(groups, elem, spec.rule, key, dim)[0])
+    if spec.scale == "e4m3":
+        return restore(quantize_e4m3(groups, elem, key, dim)[0])
+    if spec.amax == "delayed":
+        if state is None or state.amax is None:
+            raise ValueError("amax='delayed' needs state=OperandState.for_spec(spec)")
+        state.amax.record(groups.abs().amax())
+        scale = state.amax.scale
+    else:
+        scale = fp32_scales(groups.abs().amax(dim=dim, keepdim=True), elem, spec.pow2)
+    return restore(quantize_fp32(groups, elem, scale, key))
+
+
+def operand_spec(fmt: str | OperandSpec, scale_rule: str = "floor", **spec: Any) -> OperandSpec:
+    """The OperandSpec ``fake_quantize`` uses: a ``FORMATS`` name or an element name (then
+    the OperandSpec defaults: blocks of 32 with E8M0 scales), with ``spec`` overrides."""
+    if isinstance(fmt, OperandSpec):  # its own rule stands unless scale_rule says otherwise
+        overrides = {**({"rule": scale_rule} if scale_rule != "floor" else {}), **spec}
+        return OperandSpec(**{**fmt.__dict__, **overrides}) if overrides else fmt
+    if fmt in FORMATS:
+        return preset(fmt, "fmt", rule=scale_rule, **spec)
+    return OperandSpec(**{"elem": fmt, "rule": scale_rule, **spec})
+
+
+def fake_quantize(x: torch.Tensor, fmt: str | OperandSpec, axis: int = -1,
+                  scale_rule: str = "floor", *, generator: torch.Generator | None = None,
+                  state: OperandState | None = None, **spec: Any) -> torch.Tensor:
+    """Quantize-dequantize ``x`` (float32 in, float32 out) in blocks along ``axis``.
+
+    ``fmt``: ``mxfp8_e4m3 mxfp8_e5m2 mxfp6_e2m3 mxfp6_e3m2 mxfp4 mxint8`` (OCP MX v1.0:
+    32 elements along ``axis`` share an E8M0 scale X = 2^(floor(log2 amax) -
+    emax_elem) under ``scale_rule="floor"``; ``rceil``, ``ceil``, ``even`` as torchao's
+    ScaleCalculationMode, scales.py), ``nvfp4`` (E2M1 in blocks of 16, E4M3 block scales
+    under a per-tensor fp32 scale amax / (448 * 6), as torchao's ``NVFP4Tensor``),
+    ``nvfp4_16x16`` (NVFP4 weights' 16x16 tiles), ``fp8_e4m3_tensor fp8_e5m2_tensor
+    fp8_e4m3_row fp8_e5m2_row`` (fp32 scale max_elem / amax per tensor or per row along
+    ``axis``, torchao float8), ``fp8_e4m3_1x128 fp8_e4m3_128x128`` (DeepSeek-V3 tiles),
+    ``fp8_e4m3_delayed fp8_e5m2_delayed`` (need ``state``), an OperandSpec, or an element
+    name. Keyword ``spec`` fields override the preset (e.g. ``block_size=16``,
+    ``rounding="stochastic"``); invalid values raise a one-line ConfigError.
+
+    Elements saturate at their largest finite value and round to nearest-even (or
+    stochastically with ``generator``), keeping the element's subnormals; a block that does
+    not fill is padded with zeros inside the block; NaN and inf as the module says.
+    """
+    return quantize_operand(x, operand_spec(fmt, scale_rule, **spec), axis, generator, state)

@@ -89,14 +89,14 @@ def config_keys() -> list[Key]:
     return keys
 
 
-def train_defaults() -> dict[str, Any]:
-    """Dotted key -> its value in the bare `cprec train` (train.yaml's default groups)."""
+def train_defaults(config_name: str = "train", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Dotted key -> its value in the composed config (default: the bare `cprec train`)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     config.register_schemas()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="train")
+        cfg = compose(config_name=config_name, overrides=overrides or [])
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:

@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from cprec.cli.preflight import check_continues_same_run, preflight
+from cprec.cli.usage import help_text, wants_help
 from cprec.engine.memory import keep_freed_memory
 from cprec.engine.runs import RunDirBusy
 from cprec.errors import CprecError, fail_line
@@ -250,6 +251,11 @@ def shell_main(argv: list[str], hydra_main: Callable[[], Any], *, config_name: s
     folders (``<root>/<job>-multirun/...``), ``result_file`` is what each job leaves
     (None: sweeps are not summarised). Returns the exit code.
     """
+    if wants_help(argv):  # cprec's own page: every key's meaning, examples (not Hydra's dump)
+        overrides = [a for a in argv if a not in ("-h", "--help")]
+        preflight(overrides, config_name)
+        print(help_text(f"cprec {job}", config_name, overrides), end="")
+        return 0
     if resumable:
         argv = resume_args(argv)
         check_run_dir_free(argv)

@@ -21,7 +21,7 @@ FLOAT_OVERFLOW = ("saturate", "inf")
 # Hydra leaves them out of sweep job names (train.yaml's exclude_keys, tested to agree).
 RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root",
                        "dataset.download", "dataset.workers", "trainer.progress", "trainer.threads",
-                       "trainer.device", "trainer.checkpoint_every", "trainer.dist_timeout_s")
+                       "trainer.device", "trainer.checkpoint_every", "trainer.dist_timeout_s", "cost.devices")
 
 
 @dataclass
@@ -212,6 +212,15 @@ class AmpConfig:
 
 
 @dataclass
+class CostConfig:
+    """What hardware would charge beside BitOPs (cprec/hardware/; docs "Cost accounting")."""
+
+    # named devices to model the training time on (h100, a100, b200, mi300x): summary.json's
+    # modeled_time_s.<device>; energy_j is always written
+    devices: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0  # seeds weights, data order, augmentation and stochastic rounding
     resume: str | None = None  # a run directory to continue (its saved overrides are reused)
@@ -229,6 +238,7 @@ class TrainConfig:
     prt: PrtConfig = field(default_factory=PrtConfig)
     loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
     amp: AmpConfig = field(default_factory=AmpConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
 
 
 def register_schemas() -> None:

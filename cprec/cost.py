@@ -9,6 +9,7 @@ Evaluation is not training cost.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,20 +19,32 @@ from cprec.quant import compute_layers
 FULL_PRECISION_BITOPS = 32 * 32 * 3
 
 
-def measure_macs(model: nn.Module, sample: torch.Tensor | tuple) -> dict[str, int]:
-    """MACs per sample of every Conv2d/Linear, from the shapes of a real forward pass.
+@dataclass(frozen=True)
+class LayerShape:
+    """One compute layer's sizes per sample, measured from a real forward pass."""
+
+    macs: int
+    weights: int  # weight elements
+    inputs: int  # input activation elements per sample
+    outputs: int  # output elements per sample
+
+
+def measure_shapes(model: nn.Module, sample: torch.Tensor | tuple) -> dict[str, LayerShape]:
+    """Every Conv2d/Linear's MACs and sizes per sample, from the shapes of a real forward pass.
 
     ``sample`` is a batch of one real input (its first sample is used), or a tuple of the
     forward's arguments for one sample (token windows with a state, a whole graph). A layer
     called several times (an LSTM cell over time steps) sums its calls. The model's state is
     left untouched.
     """
-    macs: dict[str, int] = {}
+    seen: dict[str, list[int]] = {}
     hooks = []
     for name, layer in compute_layers(model).items():
         def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor, name: str = name) -> None:
-            per_out = mod.weight[0].numel()  # (cin/groups)*kh*kw for conv, in_features for linear
-            macs[name] = macs.get(name, 0) + out.numel() * per_out  # a batch of one sample
+            s = seen.setdefault(name, [0, mod.weight.numel(), 0, 0])
+            s[0] += out.numel() * mod.weight[0].numel()  # (cin/groups)*kh*kw conv, in_features linear
+            s[2] += inputs[0].numel()
+            s[3] += out.numel()
         hooks.append(layer.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -42,7 +55,12 @@ def measure_macs(model: nn.Module, sample: torch.Tensor | tuple) -> dict[str, in
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return macs
+    return {n: LayerShape(*v) for n, v in seen.items()}
+
+
+def measure_macs(model: nn.Module, sample: torch.Tensor | tuple) -> dict[str, int]:
+    """MACs per sample of every Conv2d/Linear (``measure_shapes``'s first field)."""
+    return {n: s.macs for n, s in measure_shapes(model, sample).items()}
 
 
 def step_bitops(macs: dict[str, int], bits: dict[str, tuple[int, int]], batch: int) -> int:

@@ -20,6 +20,7 @@ from cprec.config import (
     require_choice,
 )
 from cprec.engine.loggers import SINKS
+from cprec.hardware.devices import check_devices
 from cprec.numerics.amp import check_amp
 from cprec.numerics.loss_scale import check_loss_scale
 from cprec.numerics.optim import check_optim
@@ -54,6 +55,7 @@ def validate(cfg: TrainConfig) -> None:
     check_prt(cfg.prt)
     check_loss_scale(cfg)
     check_amp(cfg)
+    check_devices(cfg.cost.devices)
     require_choice("logger", cfg.logger, SINKS)
     require(cfg.trainer.devices == 1 or cfg.dataset.name != "imagefolder", "trainer.devices",
             cfg.trainer.devices, "data-parallel training does not shard dataset=imagefolder's "

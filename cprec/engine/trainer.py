@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 
 from cprec.config import TrainConfig
+from cprec.cost import measure_shapes
 from cprec.engine import runs
 from cprec.engine.build import RunParts, build_run
 from cprec.engine.checkpoint import Checkpointing
 from cprec.engine.loggers import build_sinks
 from cprec.engine.progress import Progress, logs_above_bar
 from cprec.engine.step import StepPlugin, TrainStep
+from cprec.hardware.model import run_hardware_cost
 
 log = logging.getLogger("cprec")
 # A step plugin may veto an optimizer step (dynamic loss scaling skips an overflowing one);
@@ -209,7 +211,15 @@ def run_summary(trainer: Trainer, status: str, last: dict | None) -> dict:
         "params": sum(t.numel() for t in trainer.model.parameters()),
         "macs_per_sample": sum(p.ledger.macs.values()),
         "schedule_spec": asdict(schedule), **trainer.train_step.summary(),
+        **_hardware_cost(trainer),
     }
+
+
+def _hardware_cost(trainer: Trainer) -> dict[str, float]:
+    """energy_j and modeled_time_s.<device> (cprec/hardware/) of the steps trained."""
+    shapes = measure_shapes(trainer.model, trainer.task.sample_input())
+    return run_hardware_cost(trainer.parts.ledger, shapes, trainer.cfg.quant, trainer.loop.step,
+                             trainer.cfg.cost.devices)
 
 
 def _accuracy_beside(trainer: Trainer, metric: str, last: dict) -> dict:

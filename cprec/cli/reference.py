@@ -29,6 +29,7 @@ GROUPS = {  # the config groups of conf/ and what each chooses
     "prt": "the precision range test of `cprec prt` (conf/prt/)",
     "loss_scale": "loss scaling at the error-rounding points (conf/loss_scale/)",
     "amp": "real mixed precision through torch.autocast (conf/amp/)",
+    "tracking": "where logger=mlflow / logger=wandb send a run (MLflow store, W&B project)",
 }
 
 

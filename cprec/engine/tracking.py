@@ -19,6 +19,9 @@ from cprec.engine import runs
 from cprec.errors import ConfigError
 
 TRACKERS_FILE = "trackers.json"
+# folders where trackers keep copies of run files (W&B's offline runs, the default MLflow
+# store): `cprec report` does not take the summary.json copies there for runs
+TRACKER_DIRS = {"wandb", "mlruns"}
 # run-dir files sent to a tracker as artifacts at the end (checkpoints are not: large, local)
 ARTIFACT_SUFFIXES = (".json", ".jsonl", ".csv", ".md", ".png", ".log", ".yaml")
 ARTIFACT_DIRS = (".hydra", "report")

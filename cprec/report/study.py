@@ -2,11 +2,12 @@
 and their Pareto front, for `cprec report <study dir>`.
 
 A study dir is a sweep dir holding the sweeper's ``optimization_results.yaml``; its jobs
-are the trials (job number = trial number), the swept keys are ``hydra.sweeper.params`` of
-its ``multirun.yaml``, the objectives what cprec/cli/train.py returns to the sweeper:
-(final accuracy, or final perplexity for language models; GBitOPs), in the study's
-directions. A trial is on the front when no other completed trial is at least as good in
-both objectives and better in one (Optuna's ``study.best_trials``).
+are the trials (job number = trial number), the swept keys are ``hydra.sweeper.params`` (a
+job's ``.hydra/hydra.yaml``) and those of the front's solutions, the objectives what
+cprec/cli/train.py returns to the sweeper: (final accuracy, or final perplexity for
+language models; GBitOPs), in the study's directions. A trial is on the front when no
+other completed trial is at least as good in both objectives and better in one (Optuna's
+``study.best_trials``).
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ def _trial_number(path: Path) -> int | None:
 def read_study(study_dir: Path, runs: list[Any]) -> dict:
     """The study's directions, swept keys and trials (the report's runs below ``study_dir``),
     each with its objective values and whether it is on the Pareto front."""
-    sweeper = ((_yaml(study_dir / "multirun.yaml") or {}).get("hydra") or {}).get("sweeper") or {}
+    job = next((p for p in sorted(study_dir.glob("*/.hydra/hydra.yaml"))), study_dir / "multirun.yaml")
+    sweeper = ((_yaml(job) or {}).get("hydra") or {}).get("sweeper") or {}
     directions = sweeper.get("direction") or ["maximize", "minimize"]
     directions = [directions] if isinstance(directions, str) else [str(d) for d in directions]
-    keys = list((sweeper.get("params") or {}).keys())
+    solutions = (_yaml(study_dir / STUDY_FILE) or {}).get("solutions") or []
+    keys = list(dict.fromkeys([*(sweeper.get("params") or {}),
+                               *[k for s in solutions for k in (s.get("params") or {})]]))
     trials = []
     for run in runs:
         if study_dir not in run.path.parents:

@@ -24,6 +24,7 @@ import yaml
 
 from cprec.config import RESULT_NEUTRAL_KEYS, is_result_neutral
 from cprec.engine.runs import read_metrics, write_text
+from cprec.engine.tracking import TRACKER_DIRS
 from cprec.errors import CprecError
 from cprec.report.comparisons import add_statistics, comparison_markdown
 from cprec.report.reproduction import (
@@ -169,6 +170,7 @@ def find_runs(dirs: list[Path]) -> list[Run]:
             raise ReportError(f"{root} is not a directory")
         candidates = [p.parent for p in root.rglob("summary.json")]
         candidates += [p.parent for p in root.rglob("train.log") if (p.parent / ".hydra").is_dir()]
+        candidates = [c for c in candidates if not TRACKER_DIRS & set(c.relative_to(root).parts)]
         for run_dir in sorted(candidates, key=_natural):
             found.setdefault(run_dir.resolve(), None)
     if not found:

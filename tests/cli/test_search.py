@@ -33,7 +33,7 @@ def test_a_four_trial_study_completes_and_the_report_lists_its_front(tmp_path) -
     study = tmp_path / "study"
     out = run_cli(["train", "-m", "experiment=search_cpt_digits", "hydra.sweeper.n_trials=4",
                    "trainer.steps=48", "trainer.eval_every=24",
-                   "hydra.sweeper.params.schedule.cycles=choice(2,4)",
+                   "schedule.cycles=choice(2,4)",  # the command line narrows the search space
                    f"hydra.sweep.dir={study}"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (study / "optimization_results.yaml").is_file()

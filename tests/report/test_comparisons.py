@@ -68,3 +68,14 @@ def test_few_runs_are_noted_and_the_paper_gets_a_verdict(tmp_path, capsys) -> No
     make_run(root / "c2", "cpt_cosine", 2, {"final_acc": 0.9})
     assert main_cli([str(root), "--no-plots"]) == 0
     assert groups(root)["schedule=cpt_cosine"]["note"].startswith("n < 3")
+
+
+def test_tracker_copies_of_run_files_are_not_runs(tmp_path) -> None:
+    """W&B's offline run and the default MLflow store keep copies of summary.json: not runs."""
+    run = make_run(tmp_path / "sweep" / "0", "static", 0, {})
+    store = tmp_path / "sweep" / "mlruns" / "artifacts" / "x"
+    for copy in (run / "wandb" / "offline-run-1" / "files", store):
+        copy.mkdir(parents=True)
+        (copy / "summary.json").write_text((run / "summary.json").read_text())
+    assert main_cli([str(tmp_path / "sweep"), "--no-plots"]) == 0
+    assert [g["runs"] for g in groups(tmp_path / "sweep").values()] == [1]

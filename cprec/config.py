@@ -21,7 +21,9 @@ FLOAT_OVERFLOW = ("saturate", "inf")
 # Hydra leaves them out of sweep job names (train.yaml's exclude_keys, tested to agree).
 RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root",
                        "dataset.download", "dataset.workers", "trainer.progress", "trainer.threads",
-                       "trainer.device", "trainer.checkpoint_every", "trainer.dist_timeout_s", "cost.devices")
+                       "trainer.device", "trainer.checkpoint_every", "trainer.dist_timeout_s",
+                       "tracking.experiment", "tracking.mlflow_uri", "tracking.wandb_project",
+                       "tracking.wandb_entity", "tracking.wandb_group", "tracking.wandb_mode", "cost.devices")
 
 
 @dataclass
@@ -221,11 +223,32 @@ class CostConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where logger=mlflow / logger=wandb send a run (engine/loggers.py); never changes its result."""
+
+    # MLflow experiment name; null = the preset's name (experiment=...), else the sweep dir
+    # (its path under the output root) for `-m` jobs, else "cprec"
+    experiment: str | None = None
+    # MLflow tracking URI (sqlite:///..., http://..., file:...) or a folder for a SQLite store
+    # (<folder>/mlflow.db, artifacts in <folder>/artifacts); null = <output_root>/mlruns
+    mlflow_uri: str | None = None
+    wandb_project: str | None = None  # W&B project; null = "cprec"
+    wandb_entity: str | None = None  # W&B entity (user or team); null = W&B's default
+    wandb_group: str | None = None  # W&B run group; null = the sweep dir for `-m` jobs, else the preset
+    # W&B mode: offline | online | disabled; null = $WANDB_MODE if set, else offline (files
+    # under <run dir>/wandb, uploaded later with `wandb sync`)
+    wandb_mode: str | None = None
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0  # seeds weights, data order, augmentation and stochastic rounding
     resume: str | None = None  # a run directory to continue (its saved overrides are reused)
     output_root: str = "outputs"  # runs land in <output_root>/<command>/...; $CPREC_OUTPUT_ROOT too
-    logger: str = "none"  # none | tensorboard: where metrics go besides metrics.jsonl
+    # where metrics go besides metrics.jsonl: none | tensorboard | mlflow | wandb, or a list
+    # of them (logger=[tensorboard,mlflow])
+    logger: Any = "none"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # logger=mlflow/wandb settings
     # the paper's reported figures for a preset (cprec report shows them beside the runs'):
     # {source: str, metrics: {final_acc | best_acc | relative_cost ...: value}}; null elsewhere
     paper: Any = None

@@ -17,9 +17,8 @@ from cprec.config import (
     check_quant,
     check_trainer,
     require,
-    require_choice,
 )
-from cprec.engine.loggers import SINKS
+from cprec.engine.loggers import check_loggers
 from cprec.hardware.devices import check_devices
 from cprec.numerics.amp import check_amp
 from cprec.numerics.loss_scale import check_loss_scale
@@ -56,7 +55,7 @@ def validate(cfg: TrainConfig) -> None:
     check_loss_scale(cfg)
     check_amp(cfg)
     check_devices(cfg.cost.devices)
-    require_choice("logger", cfg.logger, SINKS)
+    check_loggers(cfg.logger)
     require(cfg.trainer.devices == 1 or cfg.dataset.name != "imagefolder", "trainer.devices",
             cfg.trainer.devices, "data-parallel training does not shard dataset=imagefolder's "
             "streaming loader; use trainer.devices=1")

@@ -209,7 +209,8 @@ PRESET_EXTRAS = {"cpt_cifar": {"optim": {"warmup_steps", "warmup_lr"}},
                  "bps_critical": {}, "cpt_ptb": {}, "char_lm": {}, "kipf_gcn": {}}
 
 
-@pytest.mark.parametrize("name", options("experiment"))
+# search presets (search_*: an Optuna study, tests/cli/test_search.py) are no paper's runs
+@pytest.mark.parametrize("name", [n for n in options("experiment") if not n.startswith("search_")])
 def test_presets_state_only_model_and_dataset(name: str) -> None:
     """Every experiment preset is its paper's shared recipe (bps_* presets: bps_cifar, the
     others cpt_cifar) plus a model and a dataset, and at most the per-model values its

@@ -77,6 +77,10 @@ def explain(error: Exception, overrides: list[str]) -> str:
         return (f"{error.override} is invalid: {_first_lines(error.message).split(' See ')[0]} "
                 "(see https://hydra.cc/docs/advanced/override_grammar/basic/)")
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        if error.missing_cfg_file.startswith("hydra/sweeper/optuna"):
+            return ("hydra/sweeper=optuna (experiment=search_cpt_digits ...) is invalid: Hydra's Optuna "
+                    "sweeper is not installed; pip install -e \".[optuna]\" (or pip install "
+                    "hydra-optuna-sweeper)")
         group = error.missing_cfg_file.rpartition("/")[0]
         culprit, options = _culprit(overrides, group), list(error.options or [])
         if culprit and (hint := renamed_hint(group, culprit.partition("=")[2])):

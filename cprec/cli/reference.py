@@ -30,6 +30,7 @@ GROUPS = {  # the config groups of conf/ and what each chooses
     "loss_scale": "loss scaling at the error-rounding points (conf/loss_scale/)",
     "amp": "real mixed precision through torch.autocast (conf/amp/)",
     "cost": "what hardware would charge: energy and modeled time on named devices",
+    "tracking": "where logger=mlflow / logger=wandb send a run (MLflow store, W&B project)",
 }
 
 

@@ -88,8 +88,8 @@ def remove_unused_run_dir(run_dir: Path) -> None:
             parent.rmdir()
 
 
-def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str], None]) -> None:
-    """Run ``task(out_dir)`` for a Hydra job.
+def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str], None]) -> dict | None:
+    """Run ``task(out_dir)`` for a Hydra job; its result (None when it failed in a sweep).
 
     A CprecError (the user's mistake, or a fault like a full disk) prints one line: in a
     single run it exits with its code (2, or 1 for a failed write) and removes the run dir
@@ -107,7 +107,7 @@ def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str]
             if not isinstance(e, RunDirBusy):
                 failed_summary(str(e))
             log.error("%s", e)
-            return
+            return None
         fail_line(str(e))
         remove_unused_run_dir(out_dir)
         sys.exit(e.exit_code)
@@ -118,10 +118,11 @@ def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str]
         log.error("run failed:\n%s", traceback.format_exc())
         if not is_multirun():
             raise
-        return
+        return None
     if not is_multirun() and isinstance(result, dict) and result.get("status") != "completed":
         fail_line(f"run ended with status {result.get('status')!r}; see {out_dir}/summary.json")
         sys.exit(1)
+    return result
 
 
 # ---- the command line up to Hydra -------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from cprec.cli.shell import is_multirun, output_dir, parallel_threads, run_task, shell_main
@@ -15,14 +17,43 @@ from cprec.paths import config_dir
 register_schemas()
 
 
+def fill_tracking(tracking: Any, output_root: str) -> None:
+    """Default tracker names from where the job runs: the MLflow experiment is the preset's
+    name (experiment=...), else the sweep dir under the output root for `-m` jobs, else
+    "cprec"; the W&B group is the sweep dir (a sweep's jobs together), else the preset."""
+    hydra_cfg = HydraConfig.get()
+    preset = hydra_cfg.runtime.choices.get("experiment")
+    sweep = None
+    if is_multirun():
+        sweep = Path(hydra_cfg.sweep.dir)
+        try:
+            sweep = sweep.absolute().relative_to(Path(output_root).absolute())
+        except ValueError:
+            pass
+    if tracking.experiment is None:
+        tracking.experiment = preset or (str(sweep) if sweep else "cprec")
+    if tracking.wandb_group is None and (sweep or preset):
+        tracking.wandb_group = str(sweep) if sweep else preset
+
+
+def objectives(summary: dict | None) -> tuple[float, float] | None:
+    """What a search (hydra/sweeper=optuna) scores a job by: (final accuracy, or perplexity
+    for language models; GBitOPs). None for a job that did not complete: a failed trial."""
+    if not summary or summary.get("status") != "completed":
+        return None
+    quality = summary.get("final_ppl", summary.get("final_acc"))
+    return None if quality is None else (float(quality), float(summary["gbitops"]))
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> tuple[float, float] | None:
     def task(out_dir: Path) -> dict:
         from cprec.validate import to_train_config  # torch: only once a job runs
 
         typed = to_train_config(cfg)  # validates before any work
         if typed.trainer.threads is None:
             typed.trainer.threads = parallel_threads()
+        fill_tracking(typed.tracking, typed.output_root)
         if typed.trainer.devices > 1 or launched_env() is not None:
             from cprec.engine.distributed import run_data_parallel
 
@@ -51,7 +82,7 @@ def hydra_main(cfg: DictConfig) -> None:
             "schedule": OmegaConf.select(cfg, "schedule.name"),
         })
 
-    run_task(task, failed)
+    return objectives(run_task(task, failed))
 
 
 def main_cli(argv: list[str]) -> int:

@@ -36,7 +36,8 @@ COMMANDS = {  # config name -> (what the command does, its examples)
                 ]),
 }
 EXTRA_GROUPS = {  # groups that set several of the groups above at once
-    "experiment": "a paper's preset: model, dataset, schedule and recipe together",
+    "experiment": "a paper's preset (model, dataset, schedule and recipe together), or a search "
+                  "over schedules (search_*: cprec train -m experiment=search_cpt_digits)",
     "recipe": "a paper's training recipe (optimizer, lr schedule, epochs, batch)",
 }
 DOCS = ("The manual: docs/ (pip install -e \".[docs]\" && mkdocs serve); every key: "

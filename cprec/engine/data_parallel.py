@@ -135,6 +135,10 @@ class DistributedTrainer(Trainer):
         self.train_step.model = ddp  # the forward (and backward's all-reduce) through DDP
         self.device = parts.device
 
+    def open_sinks(self) -> list:
+        """Rank 0 logs the run (to TensorBoard, MLflow, W&B); the other ranks log nothing."""
+        return super().open_sinks() if self.rank == 0 else []
+
     def close(self) -> None:
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)

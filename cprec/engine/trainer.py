@@ -129,6 +129,10 @@ class Trainer(Checkpointing):
         self.window = self.task.new_window()
         return record
 
+    def open_sinks(self) -> list:
+        """The metric sinks besides metrics.jsonl (engine/loggers.py) for this process."""
+        return build_sinks(self.cfg, self.out_dir, self.loop.step)
+
     # -- the loop ------------------------------------------------------------------------
     def _stop_signal(self, stop: list[int]) -> int:
         """The signal that stops the run after this step (0: none), read once per step: the
@@ -173,7 +177,7 @@ class Trainer(Checkpointing):
         self.resume()
         records = self.metrics.read()
         last = records[-1] if records else None
-        self.sinks = build_sinks(self.cfg.logger, self.out_dir, self.loop.step)
+        self.sinks = self.open_sinks()
         progress = Progress(self.parts.total_steps, self.loop.step, self.cfg.trainer.progress,
                             f"{self.cfg.model.name}/{self.cfg.schedule.name}")
         ledger = self.parts.ledger
@@ -183,6 +187,8 @@ class Trainer(Checkpointing):
             runs.write_results(self.out_dir, summary, {
                 "total_gbitops": ledger.gbitops, "relative_cost": ledger.relative_cost,
                 "layers": ledger.per_layer()})
+            for sink in self.sinks:
+                sink.finish(summary)
         except runs.RunWriteError as e:
             raise self.write_failure(e) from None
         finally:

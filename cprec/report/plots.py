@@ -34,10 +34,17 @@ def _wrap(label: str, width: int = 90) -> str:
     return textwrap.fill(label.replace(",", ", "), width).replace(", ", ",")
 
 
+def _half_ci(row: dict[str, Any], name: str) -> float:
+    """Half the width of a group's 95% CI of ``name`` (0 without one: fewer than two runs)."""
+    lo, hi = row.get(f"{name}_ci_lo"), row.get(f"{name}_ci_hi")
+    return 0.0 if lo is None or hi is None else (hi - lo) / 2
+
+
 def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int = 0,
                      metric: str = "acc") -> None:
     """Final accuracy (``metric="ppl"``: perplexity, lower is better) against GBitOPs per
-    group, error bars over seeds, Pareto front marked."""
+    group, error bars the 95% CIs over seeds (report/comparisons.py; none for one run),
+    Pareto front marked."""
     key, scale = f"final_{metric}", (100 if metric == "acc" else 1)
     shown = [r for r in rows if r[f"{key}_mean"] is not None and r["gbitops_mean"] is not None]
     labels = [_wrap(f"{r['group']} ({r['completed']}/{r['runs']} runs)") for r in shown]
@@ -45,8 +52,8 @@ def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int 
     fig = Figure(figsize=(8, 4.5 + 0.2 * legend_lines), layout="constrained")
     ax = fig.add_subplot()
     for i, (r, label) in enumerate(zip(shown, labels)):
-        ax.errorbar(r["gbitops_mean"], scale * r[f"{key}_mean"], xerr=r["gbitops_std"] or 0,
-                    yerr=scale * (r[f"{key}_std"] or 0), fmt="o", capsize=4, color=f"C{i % 10}",
+        ax.errorbar(r["gbitops_mean"], scale * r[f"{key}_mean"], xerr=_half_ci(r, "gbitops"),
+                    yerr=scale * _half_ci(r, key), fmt="o", capsize=4, color=f"C{i % 10}",
                     label=label)
     front = sorted((r["gbitops_mean"], scale * r[f"{key}_mean"]) for r in shown if r["pareto"])
     if front:  # the best accuracy (perplexity) reachable at each cost: a staircase through the front
@@ -62,7 +69,7 @@ def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int 
     ax.set_xlabel("training cost (GBitOPs)")
     what = "accuracy" if metric == "acc" else "perplexity"
     ax.set_ylabel("final test accuracy (%)" if metric == "acc" else "final test perplexity (lower is better)")
-    title = f"final {what} vs training cost (mean ± sample std over seeds)"
+    title = f"final {what} vs training cost (mean and 95% CI over seeds, Student t)"
     if not_completed:
         title += f"\n{not_completed} run(s) failed, diverged or unfinished: see report.md"
     ax.set_title(title, fontsize=10, color="k" if not not_completed else "C3")

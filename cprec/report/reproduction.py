@@ -102,3 +102,29 @@ def compare_with_papers(rows: list[dict], params: list[dict[str, str]], labels: 
         acc, cost, ppl = measured_gains(row, base) if base is not None else (None, None, None)
         row["measured"] = (describe(acc, cost, fig.vs, ppl) if base is not None
                            else f"no {fig.vs} runs in this report")
+
+
+def _forward_bits(label: str) -> int | None:
+    """The forward bits of a static precision label (``8/8``); None for a cyclic one."""
+    head = label.split("/", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def baselines(params: list[dict[str, str]], labels: list[str],
+              figures: list[PaperFigures | None]) -> list[int | None]:
+    """The row index of each group's baseline (None: none in the report): a group of the same
+    setting (overrides apart from schedule settings) at the paper's ``vs`` precision where
+    the group has paper figures, else the static one with the most forward bits below 32
+    (32/32 only when no other is there). A baseline is its own (no comparison)."""
+    by_setting: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        by_setting.setdefault(_setting(p), []).append(i)
+    out: list[int | None] = []
+    for p, fig in zip(params, figures):
+        same = by_setting[_setting(p)]
+        if fig is not None:
+            out.append(next((j for j in same if labels[j] == fig.vs), None))
+            continue
+        static = [(bits < 32, bits, -j) for j in same if (bits := _forward_bits(labels[j])) is not None]
+        out.append(-max(static)[2] if static else None)
+    return out

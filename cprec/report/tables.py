@@ -24,8 +24,17 @@ import yaml
 
 from cprec.config import RESULT_NEUTRAL_KEYS, is_result_neutral
 from cprec.engine.runs import read_metrics, write_text
+from cprec.engine.tracking import TRACKER_DIRS
 from cprec.errors import CprecError
-from cprec.report.reproduction import PaperFigures, compare_with_papers, paper_figures, precision_label
+from cprec.report.comparisons import add_statistics, comparison_markdown
+from cprec.report.reproduction import (
+    PaperFigures,
+    baselines,
+    compare_with_papers,
+    paper_figures,
+    precision_label,
+)
+from cprec.report.study import find_studies, read_study, study_markdown
 
 STATS = ("final_acc", "best_acc", "gbitops", "relative_cost", "train_time_s")
 # what loss-scaled runs add (numerics/loss_scale.py); shown as columns when some group has them
@@ -36,6 +45,7 @@ LM_STATS = ("final_ppl", "best_ppl")
 IGNORED_KEYS = {"seed", *RESULT_NEUTRAL_KEYS}
 IDENTITY = ("model", "dataset", "schedule")
 STD_NOTE = "sample std (ddof=1) over completed runs; 0 for a single run"
+CI_NOTE = "95% confidence interval of the mean over completed runs (Student t, n - 1 df); none for n < 2"
 # how a run can end short of "completed" (DESIGN.md, engine); anything else counts as other
 NOT_COMPLETED = ("failed", "diverged", "interrupted", "missing", "damaged")
 
@@ -160,6 +170,7 @@ def find_runs(dirs: list[Path]) -> list[Run]:
             raise ReportError(f"{root} is not a directory")
         candidates = [p.parent for p in root.rglob("summary.json")]
         candidates += [p.parent for p in root.rglob("train.log") if (p.parent / ".hydra").is_dir()]
+        candidates = [c for c in candidates if not TRACKER_DIRS & set(c.relative_to(root).parts)]
         for run_dir in sorted(candidates, key=_natural):
             found.setdefault(run_dir.resolve(), None)
     if not found:
@@ -224,39 +235,49 @@ def _pm(mean: float | None, std: float | None, fmt: str, scale: float = 1.0) -> 
     return f"{mean * scale:{fmt}} ± {(std or 0.0) * scale:{fmt}}"
 
 
+def _ci(lo: float | None, hi: float | None, scale: float) -> str:
+    return "-" if lo is None else f"[{lo * scale:.2f}, {hi * scale:.2f}]"
+
+
 def markdown(rows: list[dict], runs: list[Run]) -> str:
     """The table users read: accuracies in percent, mean ± sample std over seeds."""
     ppl = [s for s in LM_STATS if any(r[f"{s}_mean"] is not None for r in rows)]
     # accuracy columns unless every group is a language model (perplexity columns instead)
     acc = [s for s in ("final_acc", "best_acc") if not ppl or any(headline(r)[0] == "acc" for r in rows)]
+    ci = "final_ppl" if ppl and not acc else "final_acc"
     head = ["group", "runs (ok/all)", *[s.replace("_acc", " acc %") for s in acc],
-            *[s.replace("_", " ") for s in ppl], "GBitOPs", "rel. cost", "train time s", "Pareto"]
+            *[s.replace("_", " ") for s in ppl], ci.replace("final_acc", "final acc %").replace("_", " ")
+            + " 95% CI", "GBitOPs", "rel. cost", "train time s", "Pareto"]
     scaling = [s for s in SCALING_STATS if any(r[f"{s}_mean"] is not None for r in rows)]
     head += [s.replace("_", " ") for s in scaling]
     papers = any(r.get("paper") for r in rows)
     if papers:
-        head += ["paper", "measured"]
+        head += ["paper", "measured", "measured 95% CI", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         bad = ", ".join(f"{r[s]} {s}" for s in (*NOT_COMPLETED, "other") if r[s])
         count = f"{r['completed']}/{r['runs']}" + (f" ({bad})" if bad else "")
         cells = [r["group"], count, *[_pm(r[f"{s}_mean"], r[f"{s}_std"], ".2f", 100) for s in acc],
                  *[_pm(r[f"{s}_mean"], r[f"{s}_std"], ".2f") for s in ppl],
+                 _ci(r.get(f"{ci}_ci_lo"), r.get(f"{ci}_ci_hi"), 100 if ci == "final_acc" else 1),
                  _pm(r["gbitops_mean"], r["gbitops_std"], ".4g"),
                  _pm(r["relative_cost_mean"], r["relative_cost_std"], ".4f"),
                  _pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
                  "*" if r["pareto"] else ""]
         cells += [_pm(r[f"{s}_mean"], r[f"{s}_std"], ".3g") for s in scaling]
         if papers:
-            cells += [r["paper"] or "-", r["measured"] or "-"]
+            cells += [r["paper"] or "-", r["measured"] or "-", r.get("paper_ci") or "-",
+                      r.get("verdict") or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     front = "final accuracy" + (" (language models: final perplexity, lower is better)" if ppl else "")
-    lines += ["", f"mean ± {STD_NOTE}; * = on the Pareto front of {front} vs GBitOPs."]
+    lines += ["", f"mean ± {STD_NOTE}; 95% CI: {CI_NOTE}; * = on the Pareto front of {front} vs GBitOPs."]
     if papers:
         sources = sorted({r["paper_source"] for r in rows if r.get("paper")})
         lines += ["", "paper: gains the preset's paper reports (best accuracy in points or best "
                   "perplexity, cost in % of GBitOPs) over the named baseline; measured: the same "
-                  "from this report's runs. Sources: " + "; ".join(sources)]
+                  "from this report's runs, with the 95% CI (Welch) of the measured accuracy "
+                  "(perplexity) gain; verdict: consistent when the paper's gain lies in that CI, "
+                  "below / above when the whole CI lies below / above it. Sources: " + "; ".join(sources)]
     bad_runs = [r for r in runs if r.status != "completed"]
     if bad_runs:
         lines += ["", f"runs that did not complete ({len(bad_runs)}):"]
@@ -280,9 +301,11 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
     """Write report.md/.csv/.json (and PNGs) into ``out``; return the markdown table."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [g.stats() for g in groups]
-    compare_with_papers(rows, [g.runs[0].params for g in groups],
-                        [precision_label(g.runs[0].summary) for g in groups],
-                        [g.runs[0].paper for g in groups])
+    params, figures = [g.runs[0].params for g in groups], [g.runs[0].paper for g in groups]
+    labels = [precision_label(g.runs[0].summary) for g in groups]
+    compare_with_papers(rows, params, labels, figures)
+    add_statistics(rows, [g.runs for g in groups], baselines(params, labels, figures), figures)
+    studies = [read_study(d, runs) for d in find_studies(dirs)]
     if plots:
         from cprec.report import plots as plotting  # matplotlib only when plotting
 
@@ -307,7 +330,8 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
 
                 layer_bits_heatmap(run.path, run.summary, run.label,
                                    out / "runs" / name.replace(".png", "-layer_bits.png"))
-    text = markdown(rows, runs)
+    text = "\n".join(filter(None, [markdown(rows, runs), comparison_markdown(rows),
+                                   *map(study_markdown, studies)]))
     write_text(out / "report.md", text)
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
@@ -318,6 +342,7 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
                  "seed": r.summary.get("seed"), "error": r.summary.get("error"), "plot": r.plot,
                  "damaged": r.damaged,
                  **{k: r.summary.get(k) for k in (*STATS, *LM_STATS, *SCALING_STATS)}} for r in runs]
-    report = {"dirs": [str(d) for d in dirs], "std": STD_NOTE, "groups": rows, "runs": run_rows}
+    report = {"dirs": [str(d) for d in dirs], "std": STD_NOTE, "ci": CI_NOTE, "groups": rows,
+              "runs": run_rows, "studies": studies}
     write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     return text

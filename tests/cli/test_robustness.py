@@ -106,7 +106,7 @@ BAD_INPUTS = [
     (["trainer.steps=30"], "or use schedule=static for a quick smoke test", 2),
     (["dataset=fashion_mnist", "dataset.download=false", "dataset.root=/wrong/folder"],
      "train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-images", 2),
-    (["logger=wandb"], "choose one of ['none', 'tensorboard']", 2),
+    (["logger=comet"], "choose one of ['none', 'tensorboard', 'mlflow', 'wandb']", 2),
     (["trainer.steps=0"], "trainer.steps=0", 2),
     (["trainer.steps=-5"], "trainer.steps=-5", 2),
     (["trainer.epochs=0"], "trainer.epochs=0", 2),

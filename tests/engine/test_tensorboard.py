@@ -38,11 +38,11 @@ def test_every_evaluation_record_becomes_scalars_at_its_step(compose, tmp_path) 
 def test_resume_purges_the_events_after_the_checkpoint(tmp_path) -> None:
     """A sink opened at a resumed step drops the old events past it, so each step shows once."""
     pytest.importorskip("tensorboard")
-    first = TensorBoardSink(tmp_path, resumed_step=0)
+    first = TensorBoardSink(None, tmp_path, resumed_step=0)
     for step in (4, 8, 12):
         first.write({"step": step, "test_acc": step / 100})
     first.close()
-    second = TensorBoardSink(tmp_path, resumed_step=4)
+    second = TensorBoardSink(None, tmp_path, resumed_step=4)
     for step in (8, 12):
         second.write({"step": step, "test_acc": 1 + step / 100})
     second.close()
@@ -54,4 +54,4 @@ def test_without_tensorboard_installed_the_error_names_the_extra(tmp_path, monke
     """A missing package is a one-line ConfigError that says what to install."""
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[tensorboard\]"'):
-        TensorBoardSink(tmp_path, resumed_step=0)
+        TensorBoardSink(None, tmp_path, resumed_step=0)

@@ -110,7 +110,7 @@ def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str]
         fail_line(str(e))
         remove_unused_run_dir(out_dir)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):  # a closed stdout is no failure of the run
         raise
     except Exception as e:
         failed_summary(f"{type(e).__name__}: {e}")

@@ -55,6 +55,15 @@ def validate(cfg: TrainConfig) -> None:
     check_loss_scale(cfg)
     check_amp(cfg)
     require_choice("logger", cfg.logger, SINKS)
-    require(cfg.trainer.devices == 1 or cfg.dataset.name != "imagefolder", "trainer.devices",
-            cfg.trainer.devices, "data-parallel training does not shard dataset=imagefolder's "
-            "streaming loader; use trainer.devices=1")
+    check_data_parallel(cfg)
+
+
+def check_data_parallel(cfg: TrainConfig) -> None:
+    """trainer.devices > 1 shards the in-memory image datasets' batches (engine/data_parallel.py):
+    refused for every other dataset here, before any process starts."""
+    from cprec.tasks.vision import DATASETS
+
+    require(cfg.trainer.devices == 1 or cfg.dataset.name in DATASETS, "trainer.devices",
+            cfg.trainer.devices, f"data-parallel training shards the batches of the in-memory image "
+            f"datasets ({', '.join(f'dataset={n}' for n in DATASETS)}), not dataset={cfg.dataset.name}; "
+            "use trainer.devices=1")

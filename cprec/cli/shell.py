@@ -242,19 +242,21 @@ def check_launcher(argv: list[str]) -> None:
 
 
 def shell_main(argv: list[str], hydra_main: Callable[[], Any], *, config_name: str, job: str,
-               result_file: str | None = None, resumable: bool = False) -> int:
+               result_file: str | None = None, resumable: bool = False,
+               check: Callable[[Any], None] | None = None) -> int:
     """The whole path of a Hydra command: `resume=` (if ``resumable``), sweep-dir pinning,
     pre-flight composition, the writability probe, Hydra itself, then the sweep's verdict.
 
     ``config_name`` is the primary config (conf/<name>.yaml), ``job`` names the output
     folders (``<root>/<job>-multirun/...``), ``result_file`` is what each job leaves
-    (None: sweeps are not summarised). Returns the exit code.
+    (None: sweeps are not summarised), ``check`` what the command checks of each job's typed
+    config before any job runs (besides cprec.validate). Returns the exit code.
     """
     if resumable:
         argv = resume_args(argv)
         check_run_dir_free(argv)
     argv, sweep = pin_sweep_dir(argv, job)
-    preflight(argv, config_name)
+    preflight(argv, config_name, check)
     if resumable:
         check_continues_same_run(argv, config_name)
     check_launcher(argv)

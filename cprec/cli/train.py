@@ -54,6 +54,14 @@ def hydra_main(cfg: DictConfig) -> None:
     run_task(task, failed)
 
 
+def check_job(cfg) -> None:
+    """What a run checks before it loads anything (pre-flight, every job of a sweep): its
+    plan (length, bounds, schedule, batch against the training set)."""
+    from cprec.engine.build import plan_run
+
+    plan_run(cfg)
+
+
 def main_cli(argv: list[str]) -> int:
     return shell_main(argv, hydra_main, config_name="train", job="train",
-                      result_file="summary.json", resumable=True)
+                      result_file="summary.json", resumable=True, check=check_job)

@@ -207,4 +207,4 @@ def dummy_graph(info: DatasetInfo) -> tuple[torch.Tensor, Graph]:
 
 
 def family() -> TaskFamily:
-    return TaskFamily(graph_shape, build_graph_task, dummy_graph)
+    return TaskFamily(graph_shape, build_graph_task, dummy_graph, unit=None)  # full-graph steps

@@ -355,4 +355,4 @@ def generate_folder(root: Path, classes: int, train_per_class: int, val_per_clas
 
 def family() -> TaskFamily:
     return TaskFamily(shape, lambda cfg, device, batch_size: ImageFolderTask(cfg, device, batch_size),
-                      dummy_input)
+                      dummy_input, unit="images")

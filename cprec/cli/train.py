@@ -55,10 +55,13 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def check_job(cfg) -> None:
-    """What a run checks before it loads anything (pre-flight, every job of a sweep): its
-    plan (length, bounds, schedule, batch against the training set)."""
+    """What a run checks before it loads anything (pre-flight, every job of a sweep): the
+    model fits the dataset's kind, and the plan (length, bounds, schedule, batch against the
+    training set)."""
     from cprec.engine.build import plan_run
+    from cprec.models import check_model_fits
 
+    check_model_fits(cfg.model.name, cfg.dataset.name)
     plan_run(cfg)
 
 

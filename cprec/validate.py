@@ -24,6 +24,7 @@ from cprec.numerics.amp import check_amp
 from cprec.numerics.loss_scale import check_loss_scale
 from cprec.numerics.optim import check_optim
 from cprec.precision.schedules import check_learned_format, check_schedule
+from cprec.tasks.vision import check_root
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
@@ -55,6 +56,7 @@ def validate(cfg: TrainConfig) -> None:
     check_loss_scale(cfg)
     check_amp(cfg)
     require_choice("logger", cfg.logger, SINKS)
+    check_root(cfg.dataset)
     check_data_parallel(cfg)
 
 

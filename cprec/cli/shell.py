@@ -230,6 +230,25 @@ def check_run_dir_free(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def already_completed(argv: list[str]) -> bool:
+    """A single run into a run dir that already completed (``resume=`` or ``hydra.run.dir=``)
+    trains nothing: say so and show its result without starting Hydra, which would rewrite
+    the dir's ``.hydra/`` files and log (a completed run's directory is not modified)."""
+    from cprec.cli.console import result_block
+    from cprec.engine.runs import completed_summary
+
+    run_dir = arg_value(argv, "hydra.run.dir")
+    if not run_dir or wants_multirun(argv) or INFO_FLAGS & _flags(argv):
+        return False
+    run_dir = Path(run_dir.strip("'\""))
+    summary = completed_summary(run_dir)
+    if summary is None:
+        return False
+    print(f"{run_dir} is already completed; not training again (nothing there was changed)")
+    print(result_block(summary, run_dir), flush=True)
+    return True
+
+
 def check_launcher(argv: list[str]) -> None:
     """hydra/launcher=slurm (or slurm_ddp) needs SLURM's tools on this machine (a login node):
     without them submitit ends in a traceback after the sweep dir exists, so say so first."""
@@ -259,6 +278,8 @@ def shell_main(argv: list[str], hydra_main: Callable[[], Any], *, config_name: s
     preflight(argv, config_name, check)
     if resumable:
         check_continues_same_run(argv, config_name)
+        if already_completed(argv):
+            return 0
     check_launcher(argv)
     check_writable(argv)
     sys.argv = [sys.argv[0], *argv]

@@ -174,6 +174,20 @@ DATASETS: dict[str, Callable[[DatasetConfig], tuple]] = {
 }
 
 
+# datasets with no files, so no dataset.root: what they are instead
+NO_FILES = {"digits": "ships inside scikit-learn", "synthetic": "is generated in memory"}
+
+
+def check_root(cfg: DatasetConfig) -> None:
+    """An explicit dataset.root is where a dataset's files are: refused for a dataset that has
+    none (it would be ignored), as a root without the files is refused for the others."""
+    if cfg.root is not None and cfg.name in NO_FILES:
+        from cprec.errors import ConfigError
+
+        raise ConfigError("dataset.root", cfg.root, f"dataset={cfg.name} has no files to read (it "
+                          f"{NO_FILES[cfg.name]}), so a root would be ignored; leave dataset.root out")
+
+
 # (channels, size, classes, training samples) of each dataset, known without loading it
 SHAPES = {"digits": (1, 8, 10, 1437), "mnist": (1, 28, 10, 60000),
           "fashion_mnist": (1, 28, 10, 60000), "cifar10": (3, 32, 10, 50000),

@@ -62,11 +62,9 @@ def _normalize(train: torch.Tensor, test: torch.Tensor, cfg: DatasetConfig
 
 
 def _digits(cfg: DatasetConfig) -> tuple:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from cprec.tasks.digits import digits_split  # scikit-learn's file, without importing it
 
-    x, y = load_digits(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    x_tr, x_te, y_tr, y_te = digits_split()
     as_img = lambda a: torch.tensor(a, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0  # noqa: E731
     return as_img(x_tr), torch.tensor(y_tr), as_img(x_te), torch.tensor(y_te), 10
 

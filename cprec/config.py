@@ -356,6 +356,7 @@ def check_same_run(saved: dict, current: dict, run_dir: Any) -> None:
         # the keys that choice sets (schedule.kind)
         groups = [k for k in diff if k.endswith(".name") and k.count(".") == 1]
         k = (groups or diff)[0]
-        said = (lambda v: f"{k[:-5]}={v}") if groups else (lambda v: f"{k}={v!r}")
-        raise CprecError(f"{run_dir} holds a run with {said(a.get(k))}, not {said(b.get(k))}; resume it "
+        was, now = (f"{k[:-5]}={a.get(k)}", f"{k[:-5]}={b.get(k)}") if groups else (f"{k}={a.get(k)!r}",
+                                                                                 repr(b.get(k)))
+        raise CprecError(f"{run_dir} holds a run with {was}, not {now}; resume it "
                          f"with its own settings (cprec train resume={run_dir}) or use a new run dir")

@@ -129,4 +129,8 @@ def test_resuming_a_completed_run_changes_nothing_there(tmp_path: Path) -> None:
         r = run_cli(["train", *args], tmp_path)
         assert r.returncode == 0 and "run is already completed; not training again" in r.stdout, r.stderr
         assert "completed  final acc" in r.stdout
+    # item 7: other settings are refused in the user's words (the group, not schedule.kind)
+    other = run_cli(["train", *FAST, "hydra.run.dir=run"], tmp_path)
+    assert other.returncode == 2
+    assert "holds a run with schedule=static, not schedule=cpt_cosine" in other.stderr
     assert _tree(tmp_path / "run") == before

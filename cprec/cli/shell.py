@@ -82,9 +82,13 @@ def remove_unused_run_dir(run_dir: Path) -> None:
             handler.close()
             logging.getLogger().removeHandler(handler)
     shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in (run_dir.parent, run_dir.parent.parent):  # <job>/<date>/, if now empty
-        if parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+    # the folders made for it (<root>/<job>/<date>/), if now empty: up to the deepest folder
+    # that existed before the command (check_writable), else the run dir's two parents
+    stop = _EXISTED[0] if _EXISTED else run_dir.absolute().parent.parent.parent
+    for parent in run_dir.absolute().parents:
+        if parent == stop or stop not in parent.parents or not parent.is_dir() or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str], None]) -> None:
@@ -169,6 +173,9 @@ def pin_sweep_dir(argv: list[str], job: str) -> tuple[list[str], Path | None]:
     return [*argv, f"hydra.sweep.dir={_override_value(str(sweep))}"], sweep
 
 
+_EXISTED: list[Path] = []  # the deepest folder of the run's place that existed before the command
+
+
 def check_writable(argv: list[str]) -> None:
     """Before Hydra makes the run dir: one clear line (exit 2) if it cannot be written."""
     if INFO_FLAGS & _flags(argv):
@@ -181,6 +188,7 @@ def check_writable(argv: list[str]) -> None:
         root, chosen = output_root(argv)
     target = Path(root).expanduser().absolute()
     existing = next(p for p in (target, *target.parents) if p.exists())
+    _EXISTED[:] = [existing]
     try:  # a real probe: permission bits say little to root or on special filesystems
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".cprec-probe-"))
     except OSError as e:

@@ -55,8 +55,11 @@ def _one_line_refusal(r: subprocess.CompletedProcess, cwd: Path) -> str:
     (["+trainer.foo=1"], "keys there: trainer.epochs, trainer.steps"),
     # item 4: a root for a dataset without files
     (["dataset.root=/tmp"], "dataset=digits has no files to read (it ships inside scikit-learn)"),
-    # item 10: a refused value leaves no outputs/ behind
+    # item 10: a refused value leaves no outputs/ behind, nor does a refusal once the run
+    # started (data missing: known when it loads)
     (["trainer.eval_batch_size=0"], "trainer.eval_batch_size=0 is invalid"),
+    (["dataset=mnist", "model=mlp", "dataset.download=false", "dataset.root=/nonexistent-cprec"],
+     "dataset.root='/nonexistent-cprec' is invalid: train-images-idx3-ubyte(.gz)"),
     # item 14 (and 7): data-parallel LM/graph refused before any process starts, in user words
     (["dataset=cora", "trainer.devices=2"], "data-parallel training shards the batches of the "
                                             "in-memory image datasets"),

@@ -79,7 +79,7 @@ def scan(cfg: DatasetConfig) -> Folder:
         raise DataError(f"{bad}: val/ has class folders that train/ lacks: {stray[:5]}")
     per_class = {c: _images(root / "train" / c, index[c]) for c in classes}
     empty = [c for c, files in per_class.items() if not files]
-    if empty:  # a class with no samples: the model would get an output no image can teach
+    if 0 < len(empty) < len(classes):  # a class no image can teach (none has any: below)
         more = f" (and {len(empty) - 1} more)" if empty[1:] else ""
         raise DataError(f"{bad}: the class folder {root / 'train' / empty[0]} holds no images "
                         f"({', '.join(IMAGE_EXTENSIONS)}){more}; add images or remove the folder")

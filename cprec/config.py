@@ -304,7 +304,7 @@ def check_trainer(t: TrainerConfig) -> None:
             "must be a positive number of data-parallel processes")
     require(t.batch_size >= t.devices, "trainer.batch_size", t.batch_size,
             f"the global batch is split over trainer.devices={t.devices} processes: it needs "
-            f"at least one sample per process")
+            f"at least one sample per process; use trainer.batch_size={t.devices} or more")
     require(t.dist_timeout_s > 0, "trainer.dist_timeout_s", t.dist_timeout_s, "must be positive seconds")
 
 
@@ -379,6 +379,11 @@ def check_same_run(saved: dict, current: dict, run_dir: Any) -> None:
     b = _flatten(current)
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not is_result_neutral(k)]
     if diff:
-        k = diff[0]
-        raise CprecError(f"{run_dir} holds a run with {k}={a.get(k)!r}, not {b.get(k)!r}; resume it "
+        # in the user's words: a group chosen on the command line (schedule=static) before
+        # the keys that choice sets (schedule.kind)
+        groups = [k for k in diff if k.endswith(".name") and k.count(".") == 1]
+        k = (groups or diff)[0]
+        was, now = (f"{k[:-5]}={a.get(k)}", f"{k[:-5]}={b.get(k)}") if groups else (f"{k}={a.get(k)!r}",
+                                                                                 repr(b.get(k)))
+        raise CprecError(f"{run_dir} holds a run with {was}, not {now}; resume it "
                          f"with its own settings (cprec train resume={run_dir}) or use a new run dir")

@@ -24,6 +24,7 @@ from cprec.numerics.amp import check_amp
 from cprec.numerics.loss_scale import check_loss_scale
 from cprec.numerics.optim import check_optim
 from cprec.precision.schedules import check_learned_format, check_schedule
+from cprec.tasks.vision import check_root
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
@@ -56,6 +57,16 @@ def validate(cfg: TrainConfig) -> None:
     check_amp(cfg)
     check_devices(cfg.cost.devices)
     check_loggers(cfg.logger)
-    require(cfg.trainer.devices == 1 or cfg.dataset.name != "imagefolder", "trainer.devices",
-            cfg.trainer.devices, "data-parallel training does not shard dataset=imagefolder's "
-            "streaming loader; use trainer.devices=1")
+    check_root(cfg.dataset)
+    check_data_parallel(cfg)
+
+
+def check_data_parallel(cfg: TrainConfig) -> None:
+    """trainer.devices > 1 shards the in-memory image datasets' batches (engine/data_parallel.py):
+    refused for every other dataset here, before any process starts."""
+    from cprec.tasks.vision import DATASETS
+
+    require(cfg.trainer.devices == 1 or cfg.dataset.name in DATASETS, "trainer.devices",
+            cfg.trainer.devices, f"data-parallel training shards the batches of the in-memory image "
+            f"datasets ({', '.join(f'dataset={n}' for n in DATASETS)}), not dataset={cfg.dataset.name}; "
+            "use trainer.devices=1")

@@ -39,7 +39,8 @@ def quality(result: dict) -> str:
 
 
 def result_block(summary: dict, run_dir: Path) -> str:
-    """The two lines a finished `cprec train` ends with: the verdict, then where it lies."""
+    """The lines a finished `cprec train` ends with: the verdict, the bits it trained at
+    (and where its bounds came from), any warnings, then where the run lies."""
     parts = [str(summary.get("status", "unknown")), quality(summary)]
     if summary.get("gbitops") is not None:
         cost = f"{_gbitops(summary['gbitops'])} GBitOPs"
@@ -50,7 +51,22 @@ def result_block(summary: dict, run_dir: Path) -> str:
         parts.append(f"train {summary['train_time_s']:.1f} s")
     if summary.get("status") not in (None, "completed") and summary.get("error"):
         parts.append(str(summary["error"]))
-    return "  ".join(p for p in parts if p) + f"\nrun dir  {shown_path(run_dir)}"
+    lines = ["  ".join(p for p in parts if p)]
+    if summary.get("bits_fw_min") is not None:
+        lines.append(f"bits     {bits_line(summary)}")
+    lines += [f"warning  {w}" for w in summary.get("warnings") or ()]
+    return "\n".join([*lines, f"run dir  {shown_path(run_dir)}"])
+
+
+def bits_line(summary: dict) -> str:
+    """Forward and backward bits a run trained at, and where a cyclic run's bounds came from."""
+    def span(lo: object, hi: object) -> str:
+        return str(lo) if lo == hi else f"{lo}..{hi}"
+
+    text = (f"forward {span(summary.get('bits_fw_min'), summary.get('bits_fw_max'))}, backward "
+            f"{span(summary.get('bits_bw_min', summary.get('bits_bw')), summary.get('bits_bw'))}")
+    source = summary.get("bounds_source")
+    return text + (f"  bounds from {source}" if source else "")
 
 
 def _short(text: str, width: int = 80) -> str:
@@ -70,7 +86,7 @@ def job_fields(result: dict | None) -> list[str]:
     if result.get("gbitops") is not None:
         fields.append(f"{_gbitops(result['gbitops'])} GBitOPs")
     if result.get("status") != "completed" and result.get("error"):
-        fields.append(_short(result["error"]))
+        fields.append(" ".join(str(result["error"]).split()))  # the whole reason, on one line
     return fields
 
 

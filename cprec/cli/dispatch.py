@@ -6,6 +6,7 @@ Kept free of torch imports so `cprec --help` answers instantly.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -21,8 +22,27 @@ USAGE = "usage: cprec <command> [options or Hydra overrides]\n\ncommands:\n" + "
 ) + "\n`cprec <command> --help` shows a command's options (config groups for Hydra commands)."
 
 
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader left
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The console script: `cprec <command> ...`; returns the exit code.
+
+    A closed stdout (`cprec --help | head -1`) is a normal end for a command-line tool: it
+    ends quietly (exit 141, as a Unix tool stopped by SIGPIPE), with no traceback."""
+    try:
+        try:
+            return _dispatch(sys.argv[1:] if argv is None else argv)
+        finally:  # inside the try, so a write the reader no longer takes ends here too
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # the interpreter flushes stdout once more at exit: point it at /dev/null first
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return SIGPIPE_EXIT
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0

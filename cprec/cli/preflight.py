@@ -1,17 +1,20 @@
 """Pre-flight: compose the config the way Hydra will, before Hydra runs, so that a type error,
 an unknown key or config option, or bad override syntax ends as one line (exit 2) with no
-run directory, like every other cprec error. Sweeps are checked value by value.
+run directory, like every other cprec error; then validate every job (jobs.py). Sweeps are
+checked job by job.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cprec.cli.jobs import JobCheck, job_failures, unknown_key_line
 from cprec.errors import fail_line
 from cprec.paths import arg_value, config_dir
 
@@ -109,10 +112,14 @@ def explain(error: Exception, overrides: list[str]) -> str:
     return f"{named[0]} is invalid: {reason[:1].lower() + reason[1:]}" if len(named) == 1 else reason
 
 
-def _combinations(parser: Any, overrides: list[str], multirun: bool) -> Iterator[list[str]]:
-    """The override lists whose composition proves every job of the command composes: the
-    command itself, or for a sweep its first job and each other value of each swept key
-    (a range is checked at its ends; an interval() is left to its sweeper plugin)."""
+MAX_JOBS = 1000  # a larger sweep is checked value by value (each value once), not job by job
+
+
+def _jobs(parser: Any, overrides: list[str], multirun: bool) -> tuple[list[list[str]], set[int]]:
+    """The override lists of every job of the command (a sweep's whole product, in Hydra's
+    job order; a range sweep value by value, an interval() left to its sweeper plugin), and
+    the positions of the swept overrides. A sweep of more than MAX_JOBS jobs: its first job
+    and each other value of each swept key."""
     from hydra.errors import OverrideParseException
 
     parsed = []
@@ -122,8 +129,7 @@ def _combinations(parser: Any, overrides: list[str], multirun: bool) -> Iterator
         except OverrideParseException as e:
             raise _Invalid(explain(e, overrides)) from e
     if not multirun:  # compose itself reports a sweep without -m
-        yield list(overrides)
-        return
+        return [list(overrides)], set()
     choices: list[list[str]] = []
     for o in parsed:
         if not o.is_sweep_override():
@@ -133,19 +139,21 @@ def _combinations(parser: Any, overrides: list[str], multirun: bool) -> Iterator
         elif o.is_discrete_sweep():
             values = list(dict.fromkeys(f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()))
             if values:
-                choices.append(values[:1] + values[-1:] if o.is_range_sweep() else values)
+                choices.append(values)
+    swept = {i for i, values in enumerate(choices) if len(values) > 1}
+    if math.prod(map(len, choices)) <= MAX_JOBS:
+        return [list(job) for job in itertools.product(*choices)], swept
     base = [values[0] for values in choices]
-    yield base
-    for i, values in enumerate(choices):
-        for value in values[1:]:
-            yield [*base[:i], value, *base[i + 1:]]
+    return [base, *([*base[:i], v, *base[i + 1:]] for i in sorted(swept) for v in choices[i][1:])], swept
 
 
-def preflight(argv: list[str], config_name: str) -> None:
-    """Compose the config before Hydra runs anything, so a bad override (wrong type, unknown
-    key or option, bad syntax; in a sweep, any one value) ends with one line and exit 2
-    before a run dir exists, like cprec's own validation. Help and info flags skip it; a
-    failure of the check itself (not of the config) leaves the verdict to Hydra."""
+def preflight(argv: list[str], config_name: str, check: JobCheck | None = None) -> None:
+    """Compose every job's config before Hydra runs anything, so a bad override (wrong type,
+    unknown key or option, bad syntax, a `+key` no schema has; in a sweep, any job) ends with
+    one line and exit 2 before a run dir exists, and validate each job as its run will
+    (cprec.validate, then the command's ``check``): one line per invalid job, exit 2,
+    nothing run. Help and info flags skip it; a failure of the check itself (not of the
+    config) leaves the verdict to Hydra."""
     args = _hydra_args(argv)
     if args is None or args.help or args.hydra_help or args.info or args.shell_completion \
             or args.experimental_rerun or args.config_path or args.config_dir:
@@ -158,19 +166,30 @@ def preflight(argv: list[str], config_name: str) -> None:
 
     multirun = args.multirun or arg_value(args.overrides, "hydra.mode") == "MULTIRUN"
     name = args.config_name or config_name
+    composed = []
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name=name):
             parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-            for overrides in _combinations(parser, list(args.overrides), multirun):
+            jobs, swept = _jobs(parser, list(args.overrides), multirun)
+            for overrides in jobs:
                 try:
-                    compose(config_name=name, overrides=overrides, return_hydra_config=True)
+                    cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
                 except (HydraException, OmegaConfBaseException) as e:
                     raise _Invalid(explain(e, overrides)) from e
+                if (line := unknown_key_line(cfg, overrides)) is not None:
+                    raise _Invalid(line)
+                composed.append((overrides, cfg))
     except _Invalid as e:
         fail_line(str(e))
         sys.exit(2)
     except Exception as e:  # the check broke, not the config: Hydra will judge
         log.debug("pre-flight skipped: %r", e)
+        return
+    failures = job_failures(composed, check, swept, multirun)
+    for line in failures:
+        fail_line(line)
+    if failures:
+        sys.exit(2)
 
 
 def check_continues_same_run(argv: list[str], config_name: str) -> None:

@@ -33,4 +33,6 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main_cli(argv: list[str]) -> int:
-    return shell_main(argv, hydra_main, config_name="preview", job="schedule")
+    from cprec.precision.preview import check_preview
+
+    return shell_main(argv, hydra_main, config_name="preview", job="schedule", check=check_preview)

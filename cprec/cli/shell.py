@@ -83,9 +83,13 @@ def remove_unused_run_dir(run_dir: Path) -> None:
             handler.close()
             logging.getLogger().removeHandler(handler)
     shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in (run_dir.parent, run_dir.parent.parent):  # <job>/<date>/, if now empty
-        if parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+    # the folders made for it (<root>/<job>/<date>/), if now empty: up to the deepest folder
+    # that existed before the command (check_writable), else the run dir's two parents
+    stop = _EXISTED[0] if _EXISTED else run_dir.absolute().parent.parent.parent
+    for parent in run_dir.absolute().parents:
+        if parent == stop or stop not in parent.parents or not parent.is_dir() or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str], None]) -> dict | None:
@@ -111,7 +115,7 @@ def run_task(task: Callable[[Path], dict | None], failed_summary: Callable[[str]
         fail_line(str(e))
         remove_unused_run_dir(out_dir)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):  # a closed stdout is no failure of the run
         raise
     except Exception as e:
         failed_summary(f"{type(e).__name__}: {e}")
@@ -171,6 +175,9 @@ def pin_sweep_dir(argv: list[str], job: str) -> tuple[list[str], Path | None]:
     return [*argv, f"hydra.sweep.dir={_override_value(str(sweep))}"], sweep
 
 
+_EXISTED: list[Path] = []  # the deepest folder of the run's place that existed before the command
+
+
 def check_writable(argv: list[str]) -> None:
     """Before Hydra makes the run dir: one clear line (exit 2) if it cannot be written."""
     if INFO_FLAGS & _flags(argv):
@@ -183,6 +190,7 @@ def check_writable(argv: list[str]) -> None:
         root, chosen = output_root(argv)
     target = Path(root).expanduser().absolute()
     existing = next(p for p in (target, *target.parents) if p.exists())
+    _EXISTED[:] = [existing]
     try:  # a real probe: permission bits say little to root or on special filesystems
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".cprec-probe-"))
     except OSError as e:
@@ -232,6 +240,25 @@ def check_run_dir_free(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def already_completed(argv: list[str]) -> bool:
+    """A single run into a run dir that already completed (``resume=`` or ``hydra.run.dir=``)
+    trains nothing: say so and show its result without starting Hydra, which would rewrite
+    the dir's ``.hydra/`` files and log (a completed run's directory is not modified)."""
+    from cprec.cli.console import result_block
+    from cprec.engine.runs import completed_summary
+
+    run_dir = arg_value(argv, "hydra.run.dir")
+    if not run_dir or wants_multirun(argv) or INFO_FLAGS & _flags(argv):
+        return False
+    run_dir = Path(run_dir.strip("'\""))
+    summary = completed_summary(run_dir)
+    if summary is None:
+        return False
+    print(f"{run_dir} is already completed; not training again (nothing there was changed)")
+    print(result_block(summary, run_dir), flush=True)
+    return True
+
+
 def check_launcher(argv: list[str]) -> None:
     """hydra/launcher=slurm (or slurm_ddp) needs SLURM's tools on this machine (a login node):
     without them submitit ends in a traceback after the sweep dir exists, so say so first."""
@@ -244,13 +271,15 @@ def check_launcher(argv: list[str]) -> None:
 
 
 def shell_main(argv: list[str], hydra_main: Callable[[], Any], *, config_name: str, job: str,
-               result_file: str | None = None, resumable: bool = False) -> int:
+               result_file: str | None = None, resumable: bool = False,
+               check: Callable[[Any], None] | None = None) -> int:
     """The whole path of a Hydra command: `resume=` (if ``resumable``), sweep-dir pinning,
     pre-flight composition, the writability probe, Hydra itself, then the sweep's verdict.
 
     ``config_name`` is the primary config (conf/<name>.yaml), ``job`` names the output
     folders (``<root>/<job>-multirun/...``), ``result_file`` is what each job leaves
-    (None: sweeps are not summarised). Returns the exit code.
+    (None: sweeps are not summarised), ``check`` what the command checks of each job's typed
+    config before any job runs (besides cprec.validate). Returns the exit code.
     """
     if wants_help(argv):  # cprec's own page: every key's meaning, examples (not Hydra's dump)
         overrides = [a for a in argv if a not in ("-h", "--help")]
@@ -261,9 +290,11 @@ def shell_main(argv: list[str], hydra_main: Callable[[], Any], *, config_name: s
         argv = resume_args(argv)
         check_run_dir_free(argv)
     argv, sweep = pin_sweep_dir(argv, job)
-    preflight(argv, config_name)
+    preflight(argv, config_name, check)
     if resumable:
         check_continues_same_run(argv, config_name)
+        if already_completed(argv):
+            return 0
     check_launcher(argv)
     check_writable(argv)
     sys.argv = [sys.argv[0], *argv]

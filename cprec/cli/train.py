@@ -85,6 +85,17 @@ def hydra_main(cfg: DictConfig) -> tuple[float, float] | None:
     return objectives(run_task(task, failed))
 
 
+def check_job(cfg) -> None:
+    """What a run checks before it loads anything (pre-flight, every job of a sweep): the
+    model fits the dataset's kind, and the plan (length, bounds, schedule, batch against the
+    training set)."""
+    from cprec.engine.build import plan_run
+    from cprec.models import check_model_fits
+
+    check_model_fits(cfg.model.name, cfg.dataset.name)
+    plan_run(cfg)
+
+
 def main_cli(argv: list[str]) -> int:
     return shell_main(argv, hydra_main, config_name="train", job="train",
-                      result_file="summary.json", resumable=True)
+                      result_file="summary.json", resumable=True, check=check_job)

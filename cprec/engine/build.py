@@ -25,7 +25,7 @@ from cprec.precision.schedules import PrecisionSchedule, build_schedule
 from cprec.quant import QuantRNG, build_quantized, format_bits
 from cprec.rng import seed_everything
 from cprec.tasks.base import Task
-from cprec.tasks.families import build_task, task_shape
+from cprec.tasks.families import build_task, task_family, task_shape
 
 
 def pick_device(name: str) -> torch.device:
@@ -55,6 +55,19 @@ def probe_steps(schedule: ScheduleConfig) -> int:
     return schedule.deficit_steps if schedule.kind == "deficit" else 0
 
 
+def check_batch_fits(cfg: TrainConfig, n_train: int) -> None:
+    """A batch larger than the training set would shrink to it (every step one pass over all
+    of it): refused, naming both sizes. A task that trains on all its data at every step
+    (a graph) has no batch to check."""
+    unit, batch = task_family(cfg.dataset.name).unit, cfg.trainer.batch_size
+    if unit is None or batch <= n_train:
+        return
+    subset = cfg.dataset.train_subset
+    where = f"dataset={cfg.dataset.name}" + (f" with dataset.train_subset={subset}" if subset else "")
+    raise ConfigError("trainer.batch_size", batch, f"{where} has {n_train} training {unit}, fewer "
+                      f"than one batch; use trainer.batch_size<={n_train} or more training data")
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """What a run will do, known before any data is loaded."""
@@ -75,6 +88,7 @@ def plan_run(cfg: TrainConfig, n_train: int | None = None,
     """
     if n_train is None:
         n_train = task_shape(cfg.dataset)[1]
+    check_batch_fits(cfg, n_train)
     prefix = probe_steps(cfg.schedule)
     steps = total_steps(cfg.trainer, n_train) + prefix
     lo, hi, source = bounds or resolve_bounds(cfg)

@@ -197,8 +197,8 @@ def train_rank(cfg: Any, out_dir: Path, rank: int, world: int, device_id: int | 
 
     parts = build_run(cfg)
     if not isinstance(parts.task, ClassificationTask):
-        raise CprecError(f"trainer.devices={world} is invalid: data-parallel training supports "
-                         f"classification tasks, not {type(parts.task).__name__}")
+        raise CprecError(f"trainer.devices={world} is invalid: data-parallel training shards the "
+                         f"in-memory image datasets, not dataset={cfg.dataset.name}; use trainer.devices=1")
     tail = parts.task.n_train % parts.task.batch_size
     if not cfg.trainer.drop_last and 0 < tail < world:
         raise CprecError(f"trainer.drop_last=false is invalid here: the epoch's last batch of {tail} "

@@ -178,6 +178,7 @@ class Trainer(Checkpointing):
         records = self.metrics.read()
         last = records[-1] if records else None
         self.sinks = self.open_sinks()
+        log_precision_plan(self.parts)
         progress = Progress(self.parts.total_steps, self.loop.step, self.cfg.trainer.progress,
                             f"{self.cfg.model.name}/{self.cfg.schedule.name}")
         ledger = self.parts.ledger
@@ -218,6 +219,7 @@ def run_summary(trainer: Trainer, status: str, last: dict | None) -> dict:
         "macs_per_sample": sum(p.ledger.macs.values()),
         "schedule_spec": asdict(schedule), **trainer.train_step.summary(),
         **_hardware_cost(trainer),
+        **({"warnings": warnings} if (warnings := run_warnings(p)) else {}),
     }
 
 
@@ -226,6 +228,22 @@ def _hardware_cost(trainer: Trainer) -> dict[str, float]:
     shapes = measure_shapes(trainer.model, trainer.task.sample_input())
     return run_hardware_cost(trainer.parts.ledger, shapes, trainer.cfg.quant, trainer.loop.step,
                              trainer.cfg.cost.devices)
+
+
+def run_warnings(parts: RunParts) -> list[str]:
+    """What a run did that the user may not have meant (it trained anyway): summary.json's
+    ``warnings``, also logged at the start and printed in the result block."""
+    return [w for w in (parts.plan.schedule.cycle_warning(),) if w]
+
+
+def log_precision_plan(parts: RunParts) -> None:
+    """The log's record of the run's precision: schedule, bits, where the bounds came from."""
+    ranges = parts.plan.schedule.bit_ranges()
+    log.info("schedule %s: forward %d..%d bits, backward %d..%d bits, bounds from %s",
+             parts.cfg.schedule.name, ranges["bits_fw_min"], ranges["bits_fw_max"],
+             ranges["bits_bw_min"], ranges["bits_bw_max"], parts.plan.bounds_source)
+    for warning in run_warnings(parts):
+        log.warning("%s", warning)
 
 
 def _accuracy_beside(trainer: Trainer, metric: str, last: dict) -> dict:

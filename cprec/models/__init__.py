@@ -46,7 +46,8 @@ def check_model_fits(model: str, dataset: str) -> None:
         raise ConfigError("model.name", model, f"dataset={dataset} needs " + (
             f"one of {list(LANGUAGE_MODELS)} (e.g. model=lstm; experiment=shakespeare_lstm is a "
             f"ready CPU-sized recipe)" if dataset in CORPORA else
-            f"an image model; {model} is a language model for {list(CORPORA)}"))
+            f"an image model ({model} is a language model, for {list(CORPORA)}); use e.g. "
+            f"model=resnet20, or a corpus: dataset=tiny_shakespeare"))
     if dataset in GRAPH_DATASETS and model not in GRAPH_MODELS:
         raise ConfigError("model.name", model, f"dataset={dataset} takes a graph model: "
                           f"choose one of {sorted(GRAPH_MODELS)}")

@@ -61,12 +61,17 @@ def check_loss_scale(cfg: TrainConfig) -> None:
             "steps; with trainer.devices > 1 use loss_scale=static or adaptive")
     if ls.name == "none" and not ls.telemetry:
         return
+    # before the checks below, whose fixes (a float quant, schedule=static) amp refuses
+    require(ls.name == "none" or cfg.amp.name == "off", "loss_scale", ls.name, "loss scaling "
+            f"applies to simulated float errors, and amp={cfg.amp.name} computes in real torch "
+            "dtypes (amp=fp16 scales with torch's own GradScaler); use loss_scale=none with amp")
     key, value = ("loss_scale", ls.name) if ls.name != "none" else ("loss_scale.telemetry", True)
     require(cfg.quant.format == "float", key, value, "errors are fixed point here (quant.format="
             "fixed: a per-tensor min..max grid, which no scale changes); use a float quant "
             "(e.g. quant=fp8_e4m3) or loss_scale=none")
-    require(cfg.quant.quantize_errors, key, value, "errors are not rounded "
-            "(quant.quantize_errors=false), so there is nothing to scale or count")
+    require(cfg.quant.quantize_errors, key, value, "errors are not rounded (quant.quantize_errors="
+            "false), so there is nothing to scale or count; use quant.quantize_errors=true or "
+            "loss_scale=none")
     require(cfg.schedule.kind != "fp32", key, value, "schedule=fp32 rounds no errors; use "
             "schedule=static with a float quant")
 

@@ -94,7 +94,8 @@ def _check_weight_format(cfg: OptimConfig) -> None:
             "optimizer state takes a float format: fp32, bf16, fp16 or e<E>m<M>")
     require(not cfg.real_dtype or cfg.weight_format in REAL_DTYPES, "optim.real_dtype",
             cfg.real_dtype, f"real tensors exist for {list(REAL_DTYPES)} only, not "
-            f"optim.weight_format={cfg.weight_format}")
+            f"optim.weight_format={cfg.weight_format}; use optim.real_dtype=false or "
+            "optim.weight_format=bf16")
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.optim.Optimizer:

@@ -10,6 +10,19 @@ from cprec.engine import runs
 CSV, PNG = "schedule.csv", "schedule.png"  # beside schedule.json, which names them
 
 
+def check_preview(cfg: TrainConfig):
+    """The preview's checks (before `cprec schedule` runs, and in it): a schedule with bits to
+    show, and the run's plan (build.plan_run), which it returns."""
+    from cprec.engine.build import plan_run
+    from cprec.errors import ConfigError
+    from cprec.precision.schedules import LEARNED_KINDS
+
+    if cfg.schedule.kind in LEARNED_KINDS:
+        raise ConfigError("schedule", cfg.schedule.name, "its bits are learned per layer in "
+                          "training, so there is nothing to preview; the run's report draws them")
+    return plan_run(cfg)
+
+
 def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
     """Write schedule.csv, schedule.png and schedule.json for the run ``cfg`` describes; no
     training.
@@ -21,18 +34,13 @@ def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
     """
 
     from cprec.cost import measure_macs
-    from cprec.engine.build import plan_run
-    from cprec.errors import ConfigError
     from cprec.models import build_model
-    from cprec.precision.schedules import LEARNED_KINDS, relative_cost_of
+    from cprec.precision.schedules import relative_cost_of
     from cprec.quant import build_quantized, quant_layers
     from cprec.report.plots import schedule_bits
     from cprec.tasks.families import task_family
 
-    if cfg.schedule.kind in LEARNED_KINDS:
-        raise ConfigError("schedule", cfg.schedule.name, "its bits are learned per layer in "
-                          "training, so there is nothing to preview; the run's report draws them")
-    plan = plan_run(cfg)
+    plan = check_preview(cfg)
     schedule, total = plan.schedule, plan.total_steps
     family = task_family(cfg.dataset.name)
     info = family.shape(cfg.dataset)[0]

@@ -88,15 +88,17 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
         raise CprecError(f"precision range test found no precision in {p.start_bits}..{p.max_bits} "
                          f"whose accuracy gain exceeds prt.threshold={p.threshold}; lower "
                          f"prt.threshold or raise prt.steps_per_bits")
+    source = "measured" if p.upper_bits == "auto" else "configured"
     if upper is None:  # auto upper bound still rising at max_bits
-        upper = curve[-1]["bits"]
+        upper, source = curve[-1]["bits"], "top tried"
     model = model_id(cfg.model)  # model=torchvision: with its arch (bounds.model_id)
     result = {"status": "completed", "model": model, "dataset": cfg.dataset.name,
-              "lower_bits": lower, "upper_bits": upper, "threshold": p.threshold,
+              "lower_bits": lower, "upper_bits": upper, "upper_source": source, "threshold": p.threshold,
               "steps": sum(r["steps"] for r in curve), "gbitops": parts.ledger.gbitops,
               "bw_bits": bw, "batch_size": parts.task.batch_size, "seed": cfg.seed, "curve": curve}
     runs.write_json(out_dir / "prt.json", result)
-    prt_curve(curve, lower, upper, out_dir / "prt.png", f"{model} on {cfg.dataset.name}")
+    prt_curve(curve, lower, upper, out_dir / "prt.png", f"{model} on {cfg.dataset.name}", source,
+              (p.start_bits, p.max_bits))
     shared = prt_result_path(cfg.output_root, model, cfg.dataset.name)
     runs.write_json(shared, result)
     result["path"] = str(shared)

@@ -59,7 +59,7 @@ def _z(mod: int, period: int) -> float:
     return mod / period
 
 
-def _y(mod: int, period: int) -> float:
+def _y(mod: int, period: int) -> float:  # rex: 1 - z, in the authors' arithmetic
     return (period - mod) / period
 
 
@@ -156,9 +156,8 @@ def check_schedule(cfg: ScheduleConfig) -> None:
         check_bits("schedule.bw_min_bits", cfg.bw_min_bits)
         require(cfg.bw_min_bits <= cfg.bw_bits, "schedule.bw_min_bits", cfg.bw_min_bits,
                 f"must not exceed schedule.bw_bits={cfg.bw_bits}")
-        require(cfg.kind == "cyclic", "schedule.bw_min_bits", cfg.bw_min_bits,
-                f"only a cyclic schedule cycles the backward bits (schedule.kind={cfg.kind}); "
-                "set schedule.bw_min_bits=null")
+        require(cfg.kind == "cyclic", "schedule.bw_min_bits", cfg.bw_min_bits, "only a cyclic schedule "
+                f"cycles the backward bits, not schedule={cfg.name}; set schedule.bw_min_bits=null")
     require(cfg.cycles > 0, "schedule.cycles", cfg.cycles, "must be a positive number of cycles")
     require_choice("schedule.bounds", cfg.bounds, BOUNDS_MODES)
     require(cfg.deficit_steps >= 0, "schedule.deficit_steps", cfg.deficit_steps, "must be >= 0")
@@ -170,9 +169,8 @@ def check_learned(cfg: ScheduleConfig) -> None:
     have valid defaults; the bounds must leave something to learn."""
     from cprec.config import require, require_choice
 
-    require(0 < cfg.target_cost <= 1, "schedule.target_cost", cfg.target_cost,
-            "must be in (0, 1]: the training cost per step as a fraction of the same step at "
-            "max_bits/bw_bits")
+    require(0 < cfg.target_cost <= 1, "schedule.target_cost", cfg.target_cost, "must be in "
+            "(0, 1]: the training cost per step as a fraction of the same step at max_bits/bw_bits")
     require(cfg.max_offset >= 0, "schedule.max_offset", cfg.max_offset, "must be >= 0 bits")
     require(0 <= cfg.p_init <= 1, "schedule.p_init", cfg.p_init, "must be in [0, 1]")
     require(cfg.p_lr > 0, "schedule.p_lr", cfg.p_lr, "must be positive")
@@ -201,17 +199,41 @@ def check_learned_format(cfg) -> None:
             "not all-reduced across ranks yet); use trainer.devices=1")
 
 
-def check_fits_run(cfg: ScheduleConfig, total_steps: int) -> None:
-    """A schedule must fit the run's length; the message says how to make a short run fit."""
-    if cfg.kind in CYCLIC_KINDS and cfg.cycles > total_steps:
-        raise ConfigError("schedule.cycles", cfg.cycles,
-                          f"{cfg.cycles} cycles need at least {cfg.cycles} training steps and the run "
-                          f"has {total_steps}; set schedule.cycles=<n> with n <= {total_steps} "
-                          f"(e.g. schedule.cycles={max(1, total_steps // 10)}), or use schedule=static "
-                          f"for a quick smoke test")
+def bit_levels(lo: int, hi: int, bw_min_bits: int | None, bw_bits: int) -> int:
+    """Bit levels one cycle passes through: hi - lo + 1, or the backward range's if it cycles."""
+    return max(hi - lo + 1, 0 if bw_min_bits is None else bw_bits - bw_min_bits + 1)
+
+
+def cycles_that_fit(total_steps: int, levels: int, rule: str, most: int) -> int:
+    """The most cycles (at most ``most``) whose cycles have at least ``levels`` steps; 0: none."""
+    return next((n for n in range(most, 0, -1) if period_of(total_steps, n, rule) >= levels), 0)
+
+
+def check_fits_run(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int] | None = None) -> None:
+    """A schedule must fit the run's length; the message says how to make a short run fit.
+
+    A cyclic schedule needs cycles of at least 2 steps: a cycle of one step never leaves its
+    lowest bits, so the run would train at min_bits under a cyclic name (cycles shorter than
+    their bit levels still cycle, skipping levels: ``PrecisionSchedule.cycle_warning``)."""
     if cfg.kind == "deficit" and cfg.deficit_steps > total_steps:
         raise ConfigError("schedule.deficit_steps", cfg.deficit_steps,
                           f"must not exceed the run's {total_steps} training steps")
+    levels = bit_levels(*(bounds or (cfg.min_bits, cfg.max_bits)), cfg.bw_min_bits, cfg.bw_bits)
+    one_step = levels > 1 and period_of(total_steps, cfg.cycles, cfg.cycle_length) < 2
+    if cfg.kind not in CYCLIC_KINDS or not (cfg.cycles > total_steps or one_step):
+        return
+    fit = cycles_that_fit(total_steps, levels, cfg.cycle_length, min(cfg.cycles, total_steps))
+    if cfg.cycles > total_steps:
+        raise ConfigError("schedule.cycles", cfg.cycles,
+                          f"{cfg.cycles} cycles need at least {cfg.cycles} training steps and the run "
+                          f"has {total_steps}; set schedule.cycles=<n> with n <= {total_steps} "
+                          f"(e.g. schedule.cycles={fit or 1}), or use schedule=static for a quick smoke test")
+    more = (f"set schedule.cycles=<n> with n <= {fit} (a step per bit level: {levels})" if fit else
+            f"{levels} bit levels need trainer.steps>={levels}")
+    raise ConfigError("schedule.cycles", cfg.cycles,
+                      f"{total_steps} steps in {cfg.cycles} cycles make cycles of one step, which "
+                      f"never leave the lowest bits (a static run under a cyclic name); {more}, "
+                      f"or use schedule=static")
 
 
 @dataclass(frozen=True)
@@ -269,10 +291,38 @@ class PrecisionSchedule:
             return self.bw_min_bits, self.bw_bits
         return self.bw_bits, self.bw_bits
 
+    def used_ranges(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(lowest, highest) forward and backward bits the steps train at (learned: the range
+        learned in); two cycles hold every (shape, position), other kinds are monotone."""
+        if self.kind in LEARNED_KINDS or self.total_steps < 1:
+            return self.fw_range, self.bw_range
+        if self.kind == "cyclic":
+            steps = range(min(self.total_steps, 2 * period_of(self.total_steps, self.cycles,
+                                                               self.cycle_length)))
+        else:
+            steps = range(0, self.total_steps, max(self.total_steps - 1, 1))
+        fw, bw = zip(*map(self.bits_at, steps))
+        return (min(fw), max(fw)), (min(bw), max(bw))
+
+    def cycle_warning(self) -> str | None:
+        """A sentence when cyclic cycles are shorter than their bit levels (levels skipped)."""
+        if self.kind != "cyclic":
+            return None
+        period = period_of(self.total_steps, self.cycles, self.cycle_length)
+        levels = bit_levels(self.min_bits, self.max_bits, self.bw_min_bits, self.bw_bits)
+        if period >= levels:
+            return None
+        (lo, hi), _ = self.used_ranges()
+        fit = cycles_that_fit(self.total_steps, levels, self.cycle_length, self.cycles)
+        fix = f"; schedule.cycles={fit} gives every level a step" if fit else ""
+        return (f"cycles of {period} steps are shorter than the {levels} bit levels "
+                f"{self.min_bits}..{self.max_bits}: the run trains at {lo}..{hi} bits, skipping "
+                f"levels{fix}")
+
     def bit_ranges(self) -> dict[str, int]:
-        """The bit fields of summary.json and schedule.json: forward and backward ranges;
-        ``bits_bw`` is the top of the backward range (the configured bw_bits)."""
-        (fw_lo, fw_hi), (bw_lo, bw_hi) = self.fw_range, self.bw_range
+        """The bit fields of summary.json and schedule.json: the forward and backward bits the
+        steps actually use (``used_ranges``); ``bits_bw`` is the top of the backward range."""
+        (fw_lo, fw_hi), (bw_lo, bw_hi) = self.used_ranges()
         return {"bits_fw_min": fw_lo, "bits_fw_max": fw_hi, "bits_bw": bw_hi,
                 "bits_bw_min": bw_lo, "bits_bw_max": bw_hi}
 
@@ -301,8 +351,8 @@ def build_schedule(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int
     widths) replaces the static bits.
     """
     check_schedule(cfg)
-    check_fits_run(cfg, total_steps)
     lo, hi = bounds if bounds is not None else (cfg.min_bits, cfg.max_bits)
+    check_fits_run(cfg, total_steps, (lo, hi))
     bits, bw = cfg.bits, cfg.bw_bits
     if fixed_bits is not None:
         if cfg.kind not in ("fp32", "static"):

@@ -14,15 +14,42 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from cprec.engine.runs import atomic_write_bytes, read_metrics
 
 MAX_CURVE_POINTS = 20000  # schedule samples per run plot; plenty for 32 cycles
 
 
+def plain_ticks(ax: Any) -> None:
+    """Tick labels a reader takes as they are: no offset (``+2.87e1``) and no scientific
+    notation on linear axes; log axes labelled as plain numbers (1-2-5 ticks over a wide
+    range, a few evenly spaced ticks over a narrow one)."""
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            lo, hi = sorted(abs(v) for v in axis.get_view_interval())
+            wide = lo > 0 and hi / lo >= 10
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)) if wide else MaxNLocator(5))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
+        elif axis.get_scale() == "linear" and isinstance(axis.get_major_formatter(), ScalarFormatter):
+            formatter = ScalarFormatter(useOffset=False)
+            formatter.set_scientific(False)
+            axis.set_major_formatter(formatter)
+
+
+def bits_axis(axis: Any, values: list[int]) -> None:
+    """An axis of bits: integer ticks, a bit of room above and below the levels drawn."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=3))
+    if values:
+        axis.set_view_interval(min(values) - 1, max(values) + 1, ignore=True)
+
+
 def _save(fig: Figure, path: Path) -> None:
-    """PNG bytes rendered in memory, then written atomically (engine/runs.py's rule)."""
+    """PNG bytes rendered in memory, then written atomically (engine/runs.py's rule); every
+    axis gets plain tick labels first (``plain_ticks``)."""
+    for ax in fig.axes:
+        plain_ticks(ax)
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
@@ -81,9 +108,11 @@ def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int 
     _save(fig, path)
 
 
-def run_plot_name(label: str, seed: Any, used: set[str]) -> str:
-    """A file name for one run's plot, unique within the report."""
-    stem = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{label}-seed{seed}")[:120]
+def run_plot_name(label: str, seed: Any, used: set[str], run_dir: Path | None = None) -> str:
+    """A file name for one run's plot, unique within the report: label and seed, or the run
+    directory's name when the summary does not say the seed (a damaged or foreign run)."""
+    known = f"seed{seed}" if seed is not None else (Path(run_dir).name if run_dir else "seed-unknown")
+    stem = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{label}-{known}")[:120]
     name, n = f"{stem}.png", 1
     while name in used:
         n += 1
@@ -117,6 +146,12 @@ def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
     records = read_metrics(run_dir)
     if not records:
         return False
+    _save(run_figure(records, summary, label), path)
+    return True
+
+
+def run_figure(records: list[dict], summary: dict, label: str) -> Figure:
+    """``run_curves``' picture of one run's metrics records and summary."""
     try:
         curve = schedule_curve(summary)
     except (KeyError, TypeError, ValueError):
@@ -125,14 +160,17 @@ def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
     top, bottom = fig.subplots(2, 1, sharex=True)
     steps = [r["step"] for r in records]
     if curve is not None:
-        # bits of step t (0-based) hold over (t, t+1]: "pre" puts the eval markers on the line
-        top.step(curve[0], curve[1], where="pre", color="C0", lw=1, label="forward bits")
-        top.step(curve[0], curve[2], where="pre", color="C3", lw=1, ls="--", label="backward bits")
+        # bits of step t (0-based) hold over (t, t+1]: "pre" puts the eval markers on the line;
+        # the forward line wide under the thin dashed backward one: both show where they agree
+        top.step(curve[0], curve[1], where="pre", color="C0", lw=3, alpha=0.6, label="forward bits")
+        top.step(curve[0], curve[2], where="pre", color="C3", lw=1.2, ls="--", label="backward bits")
     top.plot(steps, [r["bits_fw"] for r in records], "o", color="C0", ms=3,
              label="forward bits (at eval)" if curve is None else None)
     top.plot(steps, [r["bits_bw"] for r in records], "s", color="C3", ms=3, mfc="none",
              label="backward bits (at eval)" if curve is None else None)
     top.set_ylabel("bits")
+    bits_axis(top.yaxis, [r[k] for r in records for k in ("bits_fw", "bits_bw")] +
+              ([*curve[1], *curve[2]] if curve is not None else []))
     top.legend(fontsize=8, loc="best")
     top.grid(alpha=0.3)
     metric, scale = ("ppl", 1) if "test_ppl" in records[-1] else ("acc", 100)
@@ -146,20 +184,37 @@ def run_curves(run_dir: Path, summary: dict, label: str, path: Path) -> bool:
     bottom.grid(alpha=0.3)
     status = summary.get("status", "missing")
     fig.suptitle(f"{label}  seed {summary.get('seed', '?')}  [{status}]", fontsize=10)
-    _save(fig, path)
-    return True
+    return fig
 
 
-def prt_curve(curve: list[dict], lower: int, upper: int, path: Path, title: str) -> None:
-    """The precision range test: smoothed training accuracy per precision, bounds marked."""
-    fig = Figure(figsize=(5, 3.2), layout="constrained")
+def prt_curve(curve: list[dict], lower: int, upper: int, path: Path, title: str,
+              upper_source: str = "measured", levels: tuple[int, int] | None = None) -> None:
+    """``prt_figure`` written to ``path``."""
+    _save(prt_figure(curve, lower, upper, title, upper_source, levels), path)
+
+
+def prt_figure(curve: list[dict], lower: int, upper: int, title: str,
+               upper_source: str = "measured", levels: tuple[int, int] | None = None) -> Figure:
+    """The precision range test: smoothed training accuracy at each level tried (each
+    marked), the measured lower bound, the upper bound drawn as measured or as configured
+    (``upper_source``: measured | configured | top tried), and the levels of
+    ``levels`` = (prt.start_bits, prt.max_bits) the test stopped before trying."""
+    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot([r["bits"] for r in curve], [r["train_acc"] for r in curve], "o-")
-    ax.axvline(lower, color="tab:green", ls="--", label=f"lower = {lower}")
-    ax.axvline(upper, color="tab:red", ls="--", label=f"upper = {upper}")
+    tried = [r["bits"] for r in curve]
+    ax.plot(tried, [r["train_acc"] for r in curve], "o-", label=f"levels tried ({len(tried)})")
+    ax.axvline(lower, color="tab:green", ls="--", label=f"lower = {lower} (measured)")
+    measured = upper_source == "measured"
+    ax.axvline(upper, color="tab:red", ls="--" if measured else ":", lw=1.5 if measured else 2,
+               label=f"upper = {upper} ({upper_source})")
+    if levels is not None and tried and max(tried) < levels[1]:
+        ax.axvspan(max(tried) + 0.5, levels[1] + 0.5, color="0.9", zorder=0,
+                   label=f"not tried ({max(tried) + 1}..{levels[1]}): bounds found")
+        ax.set_xlim(min(levels[0], *tried) - 0.5, levels[1] + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="forward bits", ylabel="smoothed train accuracy", title=f"PRT: {title}")
-    ax.legend()
-    _save(fig, path)
+    ax.legend(fontsize=8)
+    return fig
 
 
 def schedule_bits(bits: list[tuple[int, int]], title: str, path: Path) -> None:
@@ -171,5 +226,6 @@ def schedule_bits(bits: list[tuple[int, int]], title: str, path: Path) -> None:
     ax.step(steps, [b[1] for b in bits], where="post", ls="--", label="backward (errors)")
     ax.set(xlabel="training step", ylabel="bits", ylim=(0, max(max(max(b) for b in bits), 8) + 1),
            title=title)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)

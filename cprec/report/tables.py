@@ -322,7 +322,7 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
         for run in runs:
             if run.damaged:
                 continue
-            name = plotting.run_plot_name(run.label, run.summary.get("seed"), used)
+            name = plotting.run_plot_name(run.label, run.summary.get("seed"), used, run.path)
             if plotting.run_curves(run.path, run.summary, run.label, out / "runs" / name):
                 run.plot = f"runs/{name}"
             if "layer_bits_final" in run.summary:  # a learned precision (ldp, cpt_ldp)

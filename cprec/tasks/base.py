@@ -142,9 +142,12 @@ class TaskFamily:
     previews, run plans), the task itself, and a dummy model input of the right shape.
 
     ``shape`` gives the training samples n such that ``build.steps_per_epoch(n, batch_size,
-    drop_last)`` is the built task's ``steps_per_epoch`` (plan_run counts steps from it).
+    drop_last)`` is the built task's ``steps_per_epoch`` (plan_run counts steps from it);
+    ``unit`` names those samples in messages (None: the task trains on all of its data at
+    every step, so ``trainer.batch_size`` does not apply).
     """
 
     shape: Callable[[DatasetConfig], tuple[DatasetInfo, int]]
     build: Callable[[TrainConfig, torch.device, int], Task]
     dummy_input: Callable[[DatasetInfo], Any]
+    unit: str | None = "samples"

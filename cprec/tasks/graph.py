@@ -15,8 +15,9 @@ written next to them unless they are downloaded.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,18 +53,25 @@ def planetoid_root(cfg: DatasetConfig) -> Path:
 
 
 def _download(root: Path, folder: str) -> None:
-    """PyG's download into ``<root>/<folder>/raw`` (it also writes its processed cache); when
-    it fails, the empty folders it made are removed again."""
-    made = [d for d in (root / folder / "raw", root / folder / "processed", root / folder, root)
-            if not d.exists()]
-    try:
-        from torch_geometric.datasets import Planetoid
+    """PyG's download (raw files and its processed cache) into a temporary folder; only when
+    it succeeds are its files moved into ``<root>/<folder>/`` (those not there already), so
+    a failed download (offline, blocked) leaves the data root exactly as it was."""
+    from torch_geometric.datasets import Planetoid
 
-        Planetoid(str(root), folder)
-    except Exception:  # offline or blocked: the caller's clear error
-        for d in made:
-            with suppress(OSError):
-                d.rmdir()  # only an empty one goes
+    with tempfile.TemporaryDirectory(prefix="cprec-planetoid-") as tmp:
+        try:
+            Planetoid(tmp, folder)
+        except Exception:  # offline or blocked: the caller's clear error
+            return
+        for sub in ("raw", "processed"):
+            source = Path(tmp) / folder / sub
+            if not source.is_dir():
+                continue
+            target = root / folder / sub
+            target.mkdir(parents=True, exist_ok=True)
+            for file in sorted(source.iterdir()):
+                if not (target / file.name).exists():
+                    shutil.move(str(file), str(target / file.name))
 
 
 @dataclass
@@ -207,4 +215,4 @@ def dummy_graph(info: DatasetInfo) -> tuple[torch.Tensor, Graph]:
 
 
 def family() -> TaskFamily:
-    return TaskFamily(graph_shape, build_graph_task, dummy_graph)
+    return TaskFamily(graph_shape, build_graph_task, dummy_graph, unit=None)  # full-graph steps

@@ -77,7 +77,13 @@ def scan(cfg: DatasetConfig) -> Folder:
     stray = sorted(e.name for e in os.scandir(root / "val") if e.is_dir() and e.name not in index)
     if stray:
         raise DataError(f"{bad}: val/ has class folders that train/ lacks: {stray[:5]}")
-    train = [f for c in classes for f in _images(root / "train" / c, index[c])]
+    per_class = {c: _images(root / "train" / c, index[c]) for c in classes}
+    empty = [c for c, files in per_class.items() if not files]
+    if 0 < len(empty) < len(classes):  # a class no image can teach (none has any: below)
+        more = f" (and {len(empty) - 1} more)" if empty[1:] else ""
+        raise DataError(f"{bad}: the class folder {root / 'train' / empty[0]} holds no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}){more}; add images or remove the folder")
+    train = [f for c in classes for f in per_class[c]]
     val = [f for c in classes if (root / "val" / c).is_dir() for f in _images(root / "val" / c, index[c])]
     for split, files in zip(SPLITS, (train, val)):
         if not files:
@@ -355,4 +361,4 @@ def generate_folder(root: Path, classes: int, train_per_class: int, val_per_clas
 
 def family() -> TaskFamily:
     return TaskFamily(shape, lambda cfg, device, batch_size: ImageFolderTask(cfg, device, batch_size),
-                      dummy_input)
+                      dummy_input, unit="images")

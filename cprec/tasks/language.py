@@ -170,6 +170,6 @@ def _build(cfg: TrainConfig, device: torch.device, batch_size: int) -> LanguageM
 
 
 def family() -> TaskFamily:
-    return TaskFamily(lm_shape, _build,
-                      lambda info: (torch.zeros(1, info.size, dtype=torch.long),))
+    return TaskFamily(lm_shape, _build, lambda info: (torch.zeros(1, info.size, dtype=torch.long),),
+                      unit="windows of dataset.bptt tokens (one per stream and step)")
 

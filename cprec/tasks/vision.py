@@ -62,11 +62,9 @@ def _normalize(train: torch.Tensor, test: torch.Tensor, cfg: DatasetConfig
 
 
 def _digits(cfg: DatasetConfig) -> tuple:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from cprec.tasks.digits import digits_split  # scikit-learn's file, without importing it
 
-    x, y = load_digits(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    x_tr, x_te, y_tr, y_te = digits_split()
     as_img = lambda a: torch.tensor(a, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0  # noqa: E731
     return as_img(x_tr), torch.tensor(y_tr), as_img(x_te), torch.tensor(y_te), 10
 
@@ -172,6 +170,20 @@ DATASETS: dict[str, Callable[[DatasetConfig], tuple]] = {
     "cifar100": lambda c: _cifar(c, "cifar100"),
     "synthetic": _synthetic,
 }
+
+
+# datasets with no files, so no dataset.root: what they are instead
+NO_FILES = {"digits": "ships inside scikit-learn", "synthetic": "is generated in memory"}
+
+
+def check_root(cfg: DatasetConfig) -> None:
+    """An explicit dataset.root is where a dataset's files are: refused for a dataset that has
+    none (it would be ignored), as a root without the files is refused for the others."""
+    if cfg.root is not None and cfg.name in NO_FILES:
+        from cprec.errors import ConfigError
+
+        raise ConfigError("dataset.root", cfg.root, f"dataset={cfg.name} has no files to read (it "
+                          f"{NO_FILES[cfg.name]}), so a root would be ignored; leave dataset.root out")
 
 
 # (channels, size, classes, training samples) of each dataset, known without loading it

@@ -76,7 +76,8 @@ def test_fp32_run_reports_full_precision_cost(tmp_path: Path) -> None:
     run_dir = only_run_dir(tmp_path / "outputs")
     s = read_summary(run_dir)
     assert (s["bits_fw_min"], s["bits_fw_max"], s["bits_bw"], s["relative_cost"]) == (32, 32, 32, 1.0)
-    verdict, where = out.stdout.splitlines()[-2:]  # the result block ends the output
+    verdict, bits, where = out.stdout.splitlines()[-3:]  # the result block ends the output
+    assert bits == "bits     forward 32, backward 32  bounds from config"
     assert verdict.startswith(f"completed  final acc {s['final_acc']:.4f}  best {s['best_acc']:.4f}  ")
     assert f"{s['gbitops']:.3g} GBitOPs (1.0000 of fp32)  train " in verdict
     assert where == f"run dir  {run_dir.relative_to(tmp_path)}"

@@ -130,7 +130,8 @@ def test_prt_preflight_uses_its_own_config(capsys) -> None:
     ["-m", "hydra/launcher=local", "hydra.sweep.dir=x", "schedule=glob(cpt_cosine*)", "seed=range(0,5)"],
     ["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "schedule=static,cpt_cosine"],
     ["--help", "trainer.steps=abc"], ["--hydra-help"], ["--info"], ["--cfg", "job", "model=lenet"],
-    ["++trainer.steps=5", "dataset.root='a b'", "optim.milestones=[0.3,0.6]"],
+    ["++trainer.steps=5", "dataset=mnist", "dataset.root='a b'", "optim.milestones=[0.3,0.6]",
+     "schedule=static"],
 ])
 def test_valid_commands_pass_preflight(argv: list[str], capsys) -> None:
     """Hydra's own overrides, sweeps, info flags and quoting pass untouched."""

@@ -109,8 +109,9 @@ def test_report_of_real_sweep_equals_the_summaries(sweep4) -> None:
 
 def test_failed_and_diverged_jobs_do_not_stop_the_sweep(tmp_path) -> None:
     """Failed and diverged jobs leave their status, the others complete, the sweep exits 1."""
-    # bounds=prt fails at run time (no PRT result in tmp); lr=1e8 diverges; the rest completes
-    result = cprec("train", "-m", "schedule=cpt_cosine", "schedule.bounds=config,prt",
+    # decay_only=[nope] fails at run time (no such parameter: known once the model is built);
+    # lr=1e8 diverges; the rest completes
+    result = cprec("train", "-m", "schedule=cpt_cosine", "optim.decay_only=null,[nope]",
                    "optim.lr=0.1,1e8", "trainer.threads=1", *TINY, cwd=tmp_path)
     assert result.returncode == 1
     assert "3 job(s) of the sweep" in result.stderr and "did not complete (1 diverged, 2 failed)" \
@@ -120,15 +121,15 @@ def test_failed_and_diverged_jobs_do_not_stop_the_sweep(tmp_path) -> None:
     assert statuses == ["completed", "diverged", "failed", "failed"]
     jobs = result.stdout.splitlines()[-5:-1]  # the per-job lines name each job's status
     assert [re.split(r"\s{2,}", line)[1] for line in jobs] == statuses
-    assert jobs[2].startswith("2 schedule.bounds=prt optim.lr=0.1 ") and "no PRT result" in jobs[2]
-    assert "no PRT result" in summaries(sweep)[2]["error"]
+    assert jobs[2].startswith("2 optim.decay_only=[nope] optim.lr=0.1 ") and "named nope" in jobs[2]
+    assert "no parameter is named nope" in summaries(sweep)[2]["error"]
     report = cprec("report", str(sweep), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    assert "| schedule.bounds=config,optim.lr=0.1 | 1/1 |" in report.stdout
-    assert "| schedule.bounds=config,optim.lr=100000000.0 | 0/1 (1 diverged) |" in report.stdout
-    assert "| schedule.bounds=prt,optim.lr=0.1 | 0/1 (1 failed) |" in report.stdout
+    assert "| optim.decay_only=null,optim.lr=0.1 | 1/1 |" in report.stdout
+    assert "| optim.decay_only=null,optim.lr=100000000.0 | 0/1 (1 diverged) |" in report.stdout
+    assert "| optim.decay_only=[nope],optim.lr=0.1 | 0/1 (1 failed) |" in report.stdout
     assert "runs that did not complete (3):" in report.stdout
-    assert report.stdout.count("- failed: ") == 2 and "no PRT result" in report.stdout
+    assert report.stdout.count("- failed: ") == 2 and "no parameter is named nope" in report.stdout
     assert_png_not_blank(sweep / "report" / "accuracy_vs_gbitops.png")
 
 
@@ -152,7 +153,7 @@ def test_joblib_launcher_runs_jobs_in_parallel(tmp_path) -> None:
 def test_submitit_local_launcher_runs_jobs_and_reports_failures(tmp_path) -> None:
     """hydra/launcher=local (submitit) runs the jobs, records the failed one, exits 1."""
     result = cprec("train", "-m", "hydra/launcher=local", "schedule=cpt_cosine",
-                   "schedule.bounds=config,prt", "trainer.threads=1", *TINY, cwd=tmp_path)
+                   "optim.decay_only=null,[nope]", "trainer.threads=1", *TINY, cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "1 job(s) of the sweep" in result.stderr
     sweep = only_sweep_dir(tmp_path)

@@ -105,4 +105,4 @@ def test_train_writes_energy_and_modeled_times_and_cpt_saves_no_h100_time(tmp_pa
 def test_an_unknown_device_is_one_line(tmp_path) -> None:
     out = run_cli(["train", *FAST, "cost.devices=[h100,tpu9]"], cwd=tmp_path)
     assert out.returncode == 2 and "cost.devices='tpu9' is invalid: choose one of" in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "outputs").exists()

@@ -133,12 +133,19 @@ def test_rise_fall_alternates_starting_with_growth(profile: str) -> None:
 
 
 def test_cycles_above_steps_is_a_config_error() -> None:
-    """More cycles than training steps cannot be scheduled: a ConfigError naming the key."""
+    """More cycles than training steps cannot be scheduled, and cycles of one step never
+    leave min_bits (issue 28 item 1): ConfigErrors naming the key and a number that fits;
+    two steps per cycle cycle (with a warning: fewer steps than bit levels)."""
     cfg = ScheduleConfig(name="cpt_cosine", kind="cyclic", cycles=32)
     with pytest.raises(ConfigError) as err:
         build_schedule(cfg, total_steps=31)
     assert err.value.key == "schedule.cycles" and "31" in str(err.value)
-    assert build_schedule(cfg, total_steps=32).cycles == 32  # one step per cycle is fine
+    with pytest.raises(ConfigError, match="cycles of one step.*n <= 10 \\(a step per bit level: 6\\)"):
+        build_schedule(cfg, total_steps=63)
+    two = build_schedule(cfg, total_steps=64)
+    assert two.cycles == 32 and two.bit_ranges()["bits_fw_max"] == 6  # 3, 6, 3, 6, ...
+    assert two.cycle_warning().startswith("cycles of 2 steps are shorter than the 6 bit levels")
+    assert build_schedule(cfg, total_steps=192).cycle_warning() is None
 
 
 def test_unknown_profile_and_shape_are_config_errors() -> None:

@@ -24,6 +24,29 @@ def test_digits_split_is_fixed_and_normalized() -> None:
     assert abs(float(a.x_train.mean())) < 1e-4 and abs(float(a.x_train.std()) - 1) < 1e-3
 
 
+def test_digits_are_scikit_learns_data_and_split_without_importing_it() -> None:
+    """Issue 28 item 15: the digits file and the stratified split read with numpy are exactly
+    scikit-learn's load_digits + train_test_split(test_size=0.2, random_state=0, stratify=y),
+    and loading them imports no scikit-learn (a subprocess: this one may have it already)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from cprec.tasks.digits import digits_split
+
+    x, y = load_digits(return_X_y=True)
+    theirs = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    for mine, ref in zip(digits_split(), theirs):
+        assert mine.dtype == ref.dtype and np.array_equal(mine, ref)
+    code = ("import sys; from cprec.tasks.vision import build_dataset; from cprec.config import "
+            "DatasetConfig; build_dataset(DatasetConfig()); print(any(m.startswith('sklearn') "
+            "for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
 def test_train_subset_keeps_first_n() -> None:
     """train_subset=100 keeps exactly the first 100 training examples of the full split, in order."""
     full = build_dataset(DatasetConfig(name="digits"))

@@ -281,8 +281,10 @@ def test_cli_refuses_data_parallel_language_models(tmp_path: Path) -> None:
                     "dataset.bptt=8", "trainer.devices=2", "trainer.steps=4", "schedule=static",
                     "trainer.progress=false", f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("cprec: error: trainer.devices=2 is invalid: data-parallel training "
-                                   "supports classification tasks, not LanguageModelTask")
+    assert proc.stderr.startswith("cprec: error: trainer.devices=2 is invalid: data-parallel training "
+                                  "shards the batches of the in-memory image datasets")
+    assert "not dataset=tiny_shakespeare; use trainer.devices=1" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not run_dir.exists()
     assert not (run_dir / "summary.json").exists()
 
 

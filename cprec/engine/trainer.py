@@ -135,8 +135,7 @@ class Trainer(Checkpointing):
 
     # -- the loop ------------------------------------------------------------------------
     def _stop_signal(self, stop: list[int]) -> int:
-        """The signal that stops the run after this step (0: none), read once per step: the
-        loop acts on this value, never on the live list a handler may append to meanwhile."""
+        """The signal stopping the run after this step (0: none), read once: not the live list."""
         return stop[0] if stop else 0
 
     def _due(self, signum: int) -> tuple[bool, bool]:

@@ -14,6 +14,7 @@ from cprec.errors import ConfigError, CprecError
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BITS = ("max", "current")  # evaluate at the schedule's top forward bits, or CPT's way
 QUANT_FORMATS = ("fixed", "float")
+QUANT_KERNELS = ("simulated", "int8", "auto")
 FLOAT_ROUNDING = ("nearest", "stochastic")
 FLOAT_OVERFLOW = ("saturate", "inf")
 # Settings that change where a run writes, how it is shown or how fast it goes, never what it
@@ -111,6 +112,11 @@ class QuantConfig:
     # fixed point: weight/activation grids widened to hold 0 exactly, integer zero point
     # (true); false = CPT's grid, min + k * (max - min) / (2^b - 1) (errors: always CPT's)
     zero_exact: bool = True
+    # the quantized layers' GEMMs: simulated (float32 on the rounded values, today's results),
+    # int8 (fixed point at <= 8 bits on integer GEMMs of the codes, int32 accumulation; equal to
+    # float32 rounding; the rest falls back to simulated, counted in summary.json) or auto
+    # (int8 where it applies, simulated for float formats)
+    kernels: str = "simulated"
     # float formats (format=float)
     exp_bits: int = 5  # format=float: exponent bits of weights/activations
     man_bits: int = 10  # format=float: mantissa bits of weights/activations
@@ -331,6 +337,10 @@ def check_model(m: ModelConfig) -> None:
 
 def check_quant(q: QuantConfig) -> None:
     require_choice("quant.format", q.format, QUANT_FORMATS)
+    require_choice("quant.kernels", q.kernels, QUANT_KERNELS)
+    require(q.kernels != "int8" or q.format == "fixed", "quant.kernels", q.kernels,
+            "integer GEMMs run fixed-point layers; a float format is simulated: use "
+            "quant.kernels=simulated, or auto (int8 where it applies)")
     require(1 <= q.exp_bits <= 8, "quant.exp_bits", q.exp_bits, "must be in 1..8")
     require(0 <= q.man_bits <= 23, "quant.man_bits", q.man_bits, "must be in 0..23")
     require((q.error_exp_bits is None) == (q.error_man_bits is None), "quant.error_exp_bits",

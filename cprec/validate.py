@@ -59,6 +59,7 @@ def validate(cfg: TrainConfig) -> None:
     check_loggers(cfg.logger)
     check_root(cfg.dataset)
     check_data_parallel(cfg)
+    check_kernels(cfg)
 
 
 def check_data_parallel(cfg: TrainConfig) -> None:
@@ -70,3 +71,13 @@ def check_data_parallel(cfg: TrainConfig) -> None:
             cfg.trainer.devices, f"data-parallel training shards the batches of the in-memory image "
             f"datasets ({', '.join(f'dataset={n}' for n in DATASETS)}), not dataset={cfg.dataset.name}; "
             "use trainer.devices=1")
+
+
+def check_kernels(cfg: TrainConfig) -> None:
+    """quant.kernels=int8 runs CPT's fixed-point quantizer on integer GEMMs; a learned
+    precision rounds through its own differentiable quantizer, on simulated GEMMs."""
+    from cprec.precision.schedules import LEARNED_KINDS
+
+    require(cfg.quant.kernels != "int8" or cfg.schedule.kind not in LEARNED_KINDS, "quant.kernels",
+            cfg.quant.kernels, f"schedule={cfg.schedule.name} learns its bits through its own "
+            "quantizer on simulated GEMMs; use quant.kernels=simulated (auto runs it simulated too)")

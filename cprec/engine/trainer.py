@@ -259,13 +259,15 @@ def step_plugins(parts: RunParts) -> list[StepPlugin]:
     """The plugins the config asks for: real mixed precision (numerics/amp.py), loss scaling
     (numerics/loss_scale.py), learned precision (precision/ldp.py; it sees the unscaled gradients), gradient
     clipping (step.py; last: it clips the unscaled gradients the optimizer will use)."""
+    from cprec.engine.kernel_counts import gemm_count_plugin
     from cprec.engine.step import grad_clip
     from cprec.numerics.amp import build_amp
     from cprec.numerics.loss_scale import build_loss_scaling
     from cprec.precision.ldp import ldp_step
 
     plugins = (build_amp(parts), build_loss_scaling(parts), ldp_step(parts),
-               grad_clip(parts.model, parts.cfg.optim.grad_clip))
+               grad_clip(parts.model, parts.cfg.optim.grad_clip),
+               gemm_count_plugin(parts.model, parts.cfg.quant.kernels))
     return [p for p in plugins if p is not None]
 
 

@@ -165,7 +165,7 @@ class TrainerConfig:
     checkpoint_every: int | None = None  # steps; null = at every evaluation
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # tqdm progress bar
-    threads: int | None = None  # torch CPU threads; null = torch's default
+    threads: int | None = None  # torch CPU threads; null = automatic (shared with other cprec runs)
     # data parallel (cprec/engine/distributed.py, README "Data-parallel training"): processes, one
     # shard of every global batch each; BatchNorm statistics per process unless sync_bn
     devices: int = 1  # data-parallel processes, one shard of every global batch each

@@ -9,7 +9,7 @@ this CPU: <= 0.7) and, from one profiled int8 step, where its time goes (integer
 float GEMMs, quantization, im2col and code conversion, the rest).
 
     python scripts/bench_int8.py [--rounds 7] [--steps-per-round 3] [--batch 128]
-                                 [--model resnet20|lstm] [--threads N]
+                                 [--model resnet20|lstm] [--threads N] [--kernels int8|auto]
 """
 
 from __future__ import annotations
@@ -120,13 +120,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--model", default="resnet20", choices=["resnet20", "lstm"])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--kernels", default="int8", choices=["int8", "auto"],
+                    help="the integer modes' quant.kernels (auto: small GEMMs stay simulated)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
+    k = args.kernels
     modes = {"fp32": ("fp32", "static"), "simulated 8/8": ("simulated", "static"),
-             "int8 8/8": ("int8", "static"), "simulated CPT 3..8/8": ("simulated", "cpt"),
-             "int8 CPT 3..8/8": ("int8", "cpt")}
+             f"{k} 8/8": (k, "static"), "simulated CPT 3..8/8": ("simulated", "cpt"),
+             f"{k} CPT 3..8/8": (k, "cpt")}
     steps = {name: make_step(*mode, args) for name, mode in modes.items()}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.model}, "
           f"batch {args.batch}")
@@ -141,8 +144,8 @@ def main() -> None:
     for name in modes:
         print(f"{name:22s} {statistics.median(times[name]) * 1e3:8.1f} ms/step   "
               f"/ fp32 {ratios[name]:.3f}")
-    print("int8 CPT GEMMs:", gemm_counts(steps["int8 CPT 3..8/8"][1]))
-    breakdown(steps["int8 CPT 3..8/8"][0])
+    print(f"{k} CPT GEMMs:", gemm_counts(steps[f"{k} CPT 3..8/8"][1]))
+    breakdown(steps[f"{k} CPT 3..8/8"][0])
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from cprec.quant.quantizers import FULL, FixedPointQuantizer
 from cprec.quant.reference import EPS, grid
 
 INT8 = "int8"
+AUTO_MIN_MACS = 1 << 24
 ONEDNN = onednn_int8()
 INPUT_GRAD = "float32: input gradients (per-channel weight scales lie along their reduction)"
 
@@ -77,7 +78,16 @@ def _why_not(layer: nn.Module, x: torch.Tensor) -> str | None:
         return "simulated: grouped, dilated or non-zero-padded convolution"
     if x.device.type != "cpu":
         return "simulated: integer GEMMs run on the CPU only so far"
+    if q.kernels == "auto" and _macs(layer, x) < AUTO_MIN_MACS:
+        return "simulated: a small GEMM (auto: below 2^24 MACs the codes' fixed costs win)"
     return None
+
+
+def _macs(layer: nn.Module, x: torch.Tensor) -> int:
+    """The forward GEMM's multiply-accumulates (a conv's with its input's spatial size)."""
+    if isinstance(layer, nn.Conv2d):
+        return x.numel() // layer.in_channels * layer.weight[0].numel() * layer.out_channels
+    return x.numel() * layer.out_features
 
 
 def uses_int8(layer: nn.Module) -> bool:

@@ -163,6 +163,18 @@ def test_fallbacks_are_taken_and_counted() -> None:
     assert "loss scaling" in next(iter(gemm_counts(tapped)))
 
 
+def test_auto_keeps_small_gemms_simulated() -> None:
+    """auto: a GEMM below 2^24 MACs stays simulated (bitwise), counted; int8 takes it."""
+    layer = nn.Linear(64, 32)
+    x, grad = torch.randn(16, 64), torch.randn(16, 32)
+    sim, _ = pair(layer, 6)
+    auto = quantize_model(nn.Sequential(layer), FixedPointQuantizer(kernels="auto"), QuantRNG(7),
+                          quantize_last=True)[0]
+    set_precision(auto, 6, 6)
+    assert all(torch.equal(a, b) for a, b in zip(step(sim, x, grad), step(auto, x, grad)))
+    assert "a small GEMM" in next(iter(gemm_counts(auto)))
+
+
 def test_errors_above_8_bits_keep_the_weight_gradient_in_float() -> None:
     """fw 6, bw 12: the forward is int8, the errors' codes do not fit, so dW runs float."""
     sim, int8 = pair(nn.Linear(6, 3), 6)

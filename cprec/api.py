@@ -71,7 +71,7 @@ def quantize(model: nn.Module, seed: int = 0, **quant_options: Any) -> nn.Module
     """
     cfg = _typed(QuantConfig, "quant", {}, quant_options)
     check_quant(cfg)
-    return quantize_model(model, build_quantizer(cfg), QuantRNG(seed + 7919), cfg.quantize_first,
+    return quantize_model(model, build_quantizer(cfg, seed), QuantRNG(seed + 7919), cfg.quantize_first,
                           cfg.quantize_last, cfg.keep_full)
 
 

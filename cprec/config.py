@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cprec.errors import ConfigError, CprecError
+from cprec.operand_config import OperandConfig, OperandsConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BITS = ("max", "current")  # evaluate at the schedule's top forward bits, or CPT's way
-QUANT_FORMATS = ("fixed", "float")
+QUANT_FORMATS = ("fixed", "float", "scaled")
 FLOAT_ROUNDING = ("nearest", "stochastic")
 FLOAT_OVERFLOW = ("saturate", "inf")
 # Settings that change where a run writes, how it is shown or how fast it goes, never what it
@@ -96,7 +97,7 @@ class ScheduleConfig:
 
 @dataclass
 class QuantConfig:
-    format: str = "fixed"  # fixed | float
+    format: str = "fixed"  # fixed | float | scaled (per-GEMM operand specs: quant.operand, quant.operands)
     quantize_first: bool = True  # quantize the first conv/linear layer too (CPT: yes)
     quantize_last: bool = False  # quantize the final classifier too (CPT: no)
     # module-name patterns (fnmatch, e.g. "*downsample*") of Conv2d/Linear layers kept in full
@@ -119,6 +120,13 @@ class QuantConfig:
     has_inf: bool = True  # False: the top exponent holds numbers (OCP fp8 E4M3)
     error_exp_bits: int | None = None  # errors in another float format (IEEE-style, with inf)
     error_man_bits: int | None = None  # the errors' mantissa bits (with error_exp_bits)
+    # scaled formats (format=scaled; cprec/quant/recipes.py, docs "Number formats"): the
+    # default spec of all six GEMM operands, then per GEMM and operand what differs
+    operand: OperandConfig = field(default_factory=OperandConfig)  # format=scaled: all operands' default
+    operands: OperandsConfig = field(default_factory=OperandsConfig)  # format=scaled: per GEMM and operand
+    # format=scaled: SQNR, flushed and saturated fractions and scale range per layer and
+    # operand, into metrics.jsonl at every evaluation and their run means into summary.json
+    telemetry: bool = False
 
 
 @dataclass

@@ -24,6 +24,7 @@ from cprec.numerics.amp import check_amp
 from cprec.numerics.loss_scale import check_loss_scale
 from cprec.numerics.optim import check_optim
 from cprec.precision.schedules import check_learned_format, check_schedule
+from cprec.quant.recipes import check_scaled
 from cprec.tasks.vision import check_root
 
 
@@ -52,6 +53,7 @@ def validate(cfg: TrainConfig) -> None:
     check_schedule(cfg.schedule)
     check_learned_format(cfg)
     check_quant(cfg.quant)
+    check_scaled(cfg)
     check_prt(cfg.prt)
     check_loss_scale(cfg)
     check_amp(cfg)

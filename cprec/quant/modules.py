@@ -129,6 +129,8 @@ class QConv2d(QuantMixin, nn.Conv2d):
     """nn.Conv2d with quantized inputs and errors; a training step is one autograd node."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fw_bits < FULL and self.quantizer.per_gemm:
+            return self.quantizer.conv2d(self, x)
         rounding = self._error_rounding()
         if (self.fw_bits >= FULL and rounding is None) or not self._one_node_ok(x):
             x, w = self._quantized_inputs(x, self.weight)
@@ -148,6 +150,8 @@ class QLinear(QuantMixin, nn.Linear):
     """nn.Linear with quantized inputs (STE) and errors (a hook on its output)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fw_bits < FULL and self.quantizer.per_gemm:
+            return self.quantizer.linear(self, x)
         x, w = self._quantized_inputs(x, self.weight)
         return self._quantized_output(F.linear(x, w, self.bias))
 
@@ -193,9 +197,8 @@ def quantize_model(model: nn.Module, quantizer: Quantizer | None = None, rng: Qu
         keep.add(names[-1])
     keep.update(n for n in names if any(fnmatchcase(n, p) for p in keep_full))
     modules = dict(model.named_modules())
-    for name in names:
-        if name not in keep:
-            _swap(modules[name], quantizer, rng)
+    for index, name in enumerate(n for n in names if n not in keep):
+        quantizer.attach(_swap(modules[name], quantizer, rng), name, index)
     return model
 
 

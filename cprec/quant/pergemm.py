@@ -126,23 +126,23 @@ class ScaledLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, layer):
-        gemms, rows = layer.gemms, x.reshape(-1, x.shape[-1])
-        xq = gemms.quantize(layer, "forward", "x", rows, 1)
+        gemms = layer.gemms
+        xq = gemms.quantize(layer, "forward", "x", x, -1)
         wq = gemms.quantize(layer, "forward", "w", weight, 1)
-        ctx.save_for_backward(rows, weight)
-        ctx.layer, ctx.has_bias, ctx.shape = layer, bias is not None, x.shape
-        return F.linear(xq, wq, bias).reshape(*x.shape[:-1], weight.shape[0])
+        ctx.save_for_backward(x, weight)
+        ctx.layer, ctx.has_bias = layer, bias is not None
+        return F.linear(xq, wq, bias)  # not a view: a following in-place ReLU is allowed
 
     @staticmethod
     def backward(ctx, grad):
-        rows, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         layer, gemms = ctx.layer, ctx.layer.gemms
-        dy = grad.reshape(-1, weight.shape[0])
+        rows, dy = x.reshape(-1, x.shape[-1]), grad.reshape(-1, weight.shape[0])
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = gemms.quantize(layer, "input_grad", "dy", dy, 1) @ \
                 gemms.quantize(layer, "input_grad", "w", weight, 0)
-            gx = gx.reshape(ctx.shape)
+            gx = gx.reshape(x.shape)
         if ctx.needs_input_grad[1]:
             gw = gemms.quantize(layer, "weight_grad", "dy", dy, 0).T @ \
                 gemms.quantize(layer, "weight_grad", "x", rows, 0)

@@ -36,6 +36,7 @@ from torch import nn
 
 from cprec import api
 from cprec.config import ModelConfig, QuantConfig
+from cprec.engine.memory import keep_freed_memory
 from cprec.models import build_model
 from cprec.numerics.scaled_step import ScaledFormats
 from cprec.paths import config_dir
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `cprec train` does: freed memory reused, no page faults per op
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats} steps")
     print("| model | fp32 step ms | " + " | ".join(RECIPES) + " |")
     print("|---|---|" + "---|" * len(RECIPES))

@@ -36,6 +36,7 @@ SIGNATURES = {  # the last argument of each: threads; _INT after levels: zero_ex
     "quant_tensor_given_range": [_P, _P, _I64, _F, _F, _F, _INT, _P, _INT],
     "quant_per_channel": [_P, _P, _I64, _I64, _F, _INT, _P, _P, _INT],
     "quant_stochastic": [_P, _P, _I64, _F, _I32, _P, _INT],
+    "quant_mx_blocks": [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F, _INT],
 }
 F32 = torch.float32
 _lib: ctypes.CDLL | None = None
@@ -204,3 +205,18 @@ def quant_stochastic(g: torch.Tensor, key: torch.Tensor, levels: torch.Tensor) -
                           _ptr(stats), torch.get_num_threads())
     return out, stats[0]
 
+
+
+def quant_mx_blocks(x: torch.Tensor, axis: int, block: int, rule: str, elem) -> Tensors:
+    """mxblocks.quant_mx_blocks for a spec ``mxblocks.supported`` takes."""
+    from cprec.quant.mxblocks import RULE_CODES
+
+    axis = axis % x.dim()
+    outer, inner = int(torch.tensor(x.shape[:axis]).prod()), int(torch.tensor(x.shape[axis + 1:]).prod())
+    out = torch.empty_like(x)
+    is_float = elem.kind == "float"
+    _lib.quant_mx_blocks(_ptr(x), _ptr(out), outer, x.shape[axis], inner, block, RULE_CODES[rule],
+                         elem.emax, 0 if is_float else 1, elem.man_bits,
+                         elem.grid.min_exp if is_float else 0, elem.max_value,
+                         torch.get_num_threads())
+    return (out,)

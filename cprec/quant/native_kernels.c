@@ -176,3 +176,95 @@ void quant_stochastic(const float *g, float *out, int64_t n, float levels, int32
         }
     }
 }
+
+/* cprec.quant.mxblocks.quant_mx_blocks: OCP MX quantize-dequantize of x viewed as
+ * (outer, L, inner), blocks of `block` consecutive elements along L (a shorter last block
+ * is the zero-padded one: zeros change neither the amax nor the grid), one E8M0 scale per
+ * block and inner index, as scales.quantize_e8m0 computes it: X from the block's amax by
+ * rule 0 floor, 1 ceil, 2 even (NaN amax: X = NaN), v = clamp(x / X, +-maxv) rounded half
+ * to even onto the element (kind 0: a float with man_bits and smallest normal exponent
+ * min_exp, as elements.round_nearest_float; kind 1: int codes of 2^-man_bits, as
+ * elements.round_saturated), times X. */
+static inline uint32_t f2u(float f) {
+    union { float f; uint32_t u; } c;
+    c.f = f;
+    return c.u;
+}
+
+static inline float u2f(uint32_t u) {
+    union { float f; uint32_t u; } c;
+    c.u = u;
+    return c.f;
+}
+
+static inline float e8m0_scale(float amax, int rule, int emax, int man_bits) {
+    if (amax != amax) return NAN;
+    uint32_t bits = f2u(amax);
+    if (rule == 2 && man_bits < 23) bits = (bits + (1u << (22 - man_bits))) & 0x7F800000u;
+    int32_t e = (int32_t)((bits >> 23) & 0xFF) - 127;
+    if (rule == 1) e += (bits & 0x7FFFFFu) != 0;
+    e -= emax;
+    e = e < -127 ? -127 : (e > 128 ? 128 : e);
+    if (e == 128) return NAN;                 /* code 255 */
+    if (e == -127) return ldexpf(1.0f, -127); /* code 0: 2^-127, a float32 subnormal */
+    return u2f((uint32_t)(e + 127) << 23);
+}
+
+static inline float mx_element(float v, int kind, int man_bits, uint32_t min_step, float maxv,
+                               float unit, float top) {
+    v = v < -maxv ? -maxv : (v > maxv ? maxv : v);
+    if (kind == 0) {
+        uint32_t e = f2u(v) & 0x7F800000u;
+        e = e < min_step ? min_step : e;
+        /* steps are powers of two: times the exact reciprocal is the division, bitwise */
+        const uint32_t step = e - ((uint32_t)man_bits << 23);
+        return nearbyintf(v * u2f(0x7F000000u - step)) * u2f(step);
+    }
+    float c = nearbyintf(v * (1.0f / unit));
+    c = c < -top ? -top : (c > top ? top : c);
+    return c * unit;
+}
+
+#define MX_CHUNK 256
+
+void quant_mx_blocks(const float *x, float *out, int64_t outer, int64_t L, int64_t inner,
+                     int64_t block, int rule, int emax, int kind, int man_bits, int min_exp,
+                     float maxv, int threads) {
+    const int64_t nb = (L + block - 1) / block, tasks = outer * nb;
+    const uint32_t min_step = (uint32_t)(min_exp + 127) << 23;
+    const float unit = ldexpf(1.0f, -man_bits), top = maxv / unit;
+#pragma omp parallel for if (outer * L * inner >= PARALLEL_MIN) num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t o = t / nb, l0 = (t % nb) * block;
+        const int64_t l1 = l0 + block < L ? l0 + block : L;
+        for (int64_t i0 = 0; i0 < inner; i0 += MX_CHUNK) {
+            const int64_t w = inner - i0 < MX_CHUNK ? inner - i0 : MX_CHUNK;
+            float amax[MX_CHUNK], scale[MX_CHUNK];
+            int nan[MX_CHUNK];
+            for (int64_t i = 0; i < w; i++) {
+                amax[i] = 0.0f;
+                nan[i] = 0;
+            }
+            for (int64_t l = l0; l < l1; l++) {
+                const float *row = x + (o * L + l) * inner + i0;
+                for (int64_t i = 0; i < w; i++) {
+                    const float a = fabsf(row[i]);
+                    amax[i] = a > amax[i] ? a : amax[i];
+                    nan[i] |= a != a;
+                }
+            }
+            float inv[MX_CHUNK]; /* 1 / X: exact (X a power of two, 2^-127 .. 2^127, or NaN) */
+            for (int64_t i = 0; i < w; i++) {
+                scale[i] = e8m0_scale(nan[i] ? NAN : amax[i], rule, emax, man_bits);
+                inv[i] = 1.0f / scale[i];
+            }
+            for (int64_t l = l0; l < l1; l++) {
+                const float *row = x + (o * L + l) * inner + i0;
+                float *dst = out + (o * L + l) * inner + i0;
+                for (int64_t i = 0; i < w; i++)
+                    dst[i] = mx_element(row[i] * inv[i], kind, man_bits, min_step, maxv, unit,
+                                        top) * scale[i];
+            }
+        }
+    }
+}

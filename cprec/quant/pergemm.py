@@ -9,7 +9,7 @@ GEMM         Linear (x: tokens x K)  Conv2d (x: N x C_in x H x W)
 ===========  =====================  =================================================
 forward      W, x along K (in)      W, x along C_in (per kernel tap / pixel)
 input_grad   W, dY along N (out)    W, dY along C_out (per input channel and tap / pixel)
-weight_grad  dY, x along tokens     dY, x along batch x space (N*H*W, flattened n, h, w)
+weight_grad  dY, x along tokens     dY, x along batch x space (blocks: each image's H*W)
 ===========  =====================  =================================================
 
 Conv2d blocks run along the channels, not along im2col's K = C_in*kh*kw: a quantized
@@ -18,9 +18,13 @@ in kh*kw patches, which would each need their own quantization), and with channe
 innermost (NHWC implicit GEMM, K ordered kh, kw, C_in, as cuDNN and CUTLASS lay it out)
 a block of 32 channels *is* a contiguous block of 32 of the GEMM's K. The weight-gradient
 GEMM reduces over the output positions; x is blocked along its own positions, which the
-kernel tap shifts by at most kh-1 rows: the same quantized x feeds every tap. A block that
-does not fill (16 or 3 channels with blocks of 32, a last partial block) is padded with
-zeros inside the block (blocks.py): a documented choice, not an error. Grouped and
+kernel tap shifts by at most kh-1 rows: the same quantized x feeds every tap. Its blocks
+are consecutive positions of one image (n fixed, h-major): for H*W a multiple of the block
+(CIFAR's 32x32, 16x16, 8x8) exactly the blocks of the flattened N*H*W axis, and a free
+view of the NCHW tensor; rows (one scale per channel) and 2-D tiles span all N*H*W
+positions of a channel. A block that does not fill (16 or 3 channels with blocks of 32,
+a last partial block) is padded with zeros inside the block (blocks.py): a documented
+choice, not an error. Grouped and
 depthwise convs are blocked along the channels as well (across groups).
 
 Bias gradients (a sum, no GEMM) stay in high precision. A GEMM marked ``high_precision``
@@ -152,8 +156,14 @@ class ScaledLinear(torch.autograd.Function):
 
 
 def _along_positions(gemms: LayerGemms, layer: Any, role: str, t: torch.Tensor) -> torch.Tensor:
-    """An NCHW tensor quantized along batch x space for each channel (n, h, w flattened)."""
+    """An NCHW tensor as the weight-gradient GEMM's operand: blocked along batch x space.
+    Blocks (and tensor scales) run along each image's H*W positions, a free view of NCHW;
+    rows and 2-D tiles need each channel's N*H*W positions together (one transposed copy)."""
     n, c, h, w = t.shape
+    spec = gemms.recipe.operand("weight_grad", role)
+    if spec is None or spec.granularity in ("none", "tensor", "block") or \
+            spec.granularity == "tile" and spec.tile[0] == 1:
+        return gemms.quantize(layer, "weight_grad", role, t.reshape(n * c, h * w), 1).view(t.shape)
     rows = t.transpose(0, 1).reshape(c, n * h * w)
     q = gemms.quantize(layer, "weight_grad", role, rows, 1)
     return q.reshape(c, n, h, w).transpose(0, 1)

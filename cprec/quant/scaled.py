@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 
+from cprec.quant.backends import kernel
 from cprec.quant.blocks import to_groups
 from cprec.quant.delayed import AmaxHistory
 from cprec.quant.elements import FIXED, round_element, round_fixed
 from cprec.quant.hadamard import RandomHadamard
+from cprec.quant.mxblocks import quant_mx_blocks, supported
 from cprec.quant.scales import (
     E4M3_MAX,
     e8m0_values,
@@ -88,6 +90,11 @@ def quantize_operand(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
     quantizes, and transforms back: the GEMM of two such operands equals, in exact
     arithmetic, the GEMM of the transformed quantized operands (M M^T = I).
     """
+    elem = spec.element
+    if (spec.scale == "e8m0" and spec.granularity == "block" and not spec.hadamard
+            and spec.rounding == "nearest" and supported(elem, spec.rule)):
+        return kernel(quant_mx_blocks)(x.detach().float().contiguous(), axis, spec.block_size,
+                                       spec.rule, elem)[0]
     return quantize_with_scales(x, spec, axis, generator, state, key)[0]
 
 

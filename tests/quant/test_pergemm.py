@@ -85,9 +85,22 @@ def test_weight_grad_in_high_precision_is_the_unquantized_gradient() -> None:
 
 
 def along_positions(t: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Blocks of each image's H*W positions, per channel (padded: 36 = 32 + 4 here)."""
     n, c, h, w = t.shape
-    rows = t.transpose(0, 1).reshape(c, -1)
-    return fake_quantize(rows, fmt, axis=1).reshape(c, n, h, w).transpose(0, 1)
+    return fake_quantize(t.reshape(n, c, h * w), fmt, axis=2).reshape(t.shape)
+
+
+def test_weight_grad_rows_span_every_image() -> None:
+    """fp8 rowwise: one scale per input channel over all N*H*W positions."""
+    conv = nn.Conv2d(4, 4, 1, bias=False)
+    x = torch.randn(2, 4, 3, 3)
+    x[1, 0] *= 1000  # image 1's channel 0 sets channel 0's row scale for image 0 too
+    x.requires_grad_()
+    dy = torch.randn(2, 4, 3, 3)
+    quantized(conv, LayerRecipe.uniform("fp8_e4m3_row"))(x).backward(dy)
+    rows = lambda t: fake_quantize(t.transpose(0, 1).reshape(4, -1), "fp8_e4m3_row")  # noqa: E731
+    expect = rows(dy) @ rows(x.detach()).T
+    torch.testing.assert_close(conv.weight.grad.reshape(4, 4), expect, rtol=0, atol=1e-4)
 
 
 def test_conv_axes_are_channels_then_batch_x_space() -> None:

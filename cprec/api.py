@@ -36,8 +36,9 @@ from cprec.paths import config_dir
 from cprec.precision.schedules import PrecisionSchedule, build_schedule, check_schedule
 from cprec.quant import QuantRNG, build_quantizer, layer_bits, quant_layers, quantize_model
 from cprec.quant import set_precision as _set_layers
+from cprec.quant.scaled import fake_quantize as _fake_quantize
 
-__all__ = ["CostLedger", "Schedule", "quantize", "schedule", "set_precision"]
+__all__ = ["CostLedger", "Schedule", "fake_quantize", "quantize", "schedule", "set_precision"]
 
 Options = TypeVar("Options", QuantConfig, ScheduleConfig)
 LEARNED = ("ldp", "cpt_ldp")  # schedules whose bits are learned per layer, not a function of the step
@@ -71,8 +72,53 @@ def quantize(model: nn.Module, seed: int = 0, **quant_options: Any) -> nn.Module
     """
     cfg = _typed(QuantConfig, "quant", {}, quant_options)
     check_quant(cfg)
-    return quantize_model(model, build_quantizer(cfg), QuantRNG(seed + 7919), cfg.quantize_first,
+    return quantize_model(model, build_quantizer(cfg, seed), QuantRNG(seed + 7919), cfg.quantize_first,
                           cfg.quantize_last, cfg.keep_full)
+
+
+def fake_quantize(x: torch.Tensor, fmt: str, axis: int = -1, scale_rule: str = "floor",
+                  **spec: Any) -> torch.Tensor:
+    """The quantize-dequantize of ``x`` in a scaled format, in blocks along ``axis``: float32
+    in, float32 out, the values a low-precision GEMM reducing over ``axis`` would see. The
+    same operation cprec's scaled layers apply to each GEMM operand.
+
+    Definition: the elements along ``axis`` are cut into groups (blocks of ``block_size``
+    consecutive elements, zero-padded at the end; rows; the whole tensor; 2-D tiles). Each
+    group gets one scale from its amax = max |v|, each element v becomes
+    round(v / X) saturated at the element's largest finite value, times X:
+
+    - MX (``mxfp8_e4m3 mxfp8_e5m2 mxfp6_e2m3 mxfp6_e3m2 mxfp4 mxint8``; OCP MX v1.0): blocks
+      of 32, X an E8M0 power of two. ``scale_rule="floor"`` (OCP):
+      X = 2^(floor(log2 amax) - emax_elem), emax_elem 8, 15, 2, 4, 2, 0; ``rceil``:
+      X = 2^ceil(log2(amax / max_elem)); ``ceil``, ``even`` as torchao's ScaleCalculationMode.
+      An all-zero block gets X = 2^-127; a block holding a NaN is NaN.
+    - ``nvfp4``: E2M1 in blocks of 16, a per-tensor scale t = amax_tensor / (448 * 6) and
+      block scales E4M3(amax_block / 6 / t); X = t * block scale (``nvfp4_16x16``: 16x16 tiles).
+    - ``fp8_e4m3_tensor fp8_e5m2_tensor fp8_e4m3_row fp8_e5m2_row``: an fp32 scale
+      s = max_elem / amax per tensor or per row along ``axis``, X = 1 / s (torchao float8);
+      ``fp8_e4m3_1x128 fp8_e4m3_128x128`` the DeepSeek-V3 tiles.
+
+    Rounding is to nearest, ties to even, keeping the element's subnormals (or
+    ``rounding="stochastic"``). Keyword ``spec`` fields override the format's
+    (``block_size=16``, ``elem="e3m2"``, ``pow2=True``, ``hadamard=True`` ...; the fields of
+    ``quant.operand``). Bitwise equal to torchao's ``MXTensor.to_mx(...).dequantize()`` and
+    ``NVFP4Tensor`` where both define a value (docs "Number formats" lists the differences).
+
+    Args:
+        x: the tensor (any float dtype; computed in float32).
+        fmt: a format name above, or an element name (``e4m3``, ``int8``, ``fixed6``) with
+            the default MX blocks.
+        axis: the dimension the blocks run along (the GEMM's reduction axis).
+        scale_rule: ``floor``, ``rceil``, ``ceil`` or ``even`` (E8M0 scales only).
+        **spec: OperandSpec fields overriding the format's.
+
+    Returns:
+        A float32 tensor shaped as ``x``.
+
+    Raises:
+        ConfigError: an unknown format, rule or field value (one line).
+    """
+    return _fake_quantize(x, fmt, axis, scale_rule, **spec)
 
 
 def schedule_names() -> list[str]:

@@ -10,10 +10,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cprec.errors import ConfigError, CprecError
+from cprec.operand_config import OperandConfig, OperandsConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BITS = ("max", "current")  # evaluate at the schedule's top forward bits, or CPT's way
-QUANT_FORMATS = ("fixed", "float")
+QUANT_FORMATS = ("fixed", "float", "scaled")
 QUANT_KERNELS = ("simulated", "int8", "auto")
 FLOAT_ROUNDING = ("nearest", "stochastic")
 FLOAT_OVERFLOW = ("saturate", "inf")
@@ -97,7 +98,7 @@ class ScheduleConfig:
 
 @dataclass
 class QuantConfig:
-    format: str = "fixed"  # fixed | float
+    format: str = "fixed"  # fixed | float | scaled (per-GEMM operand specs: quant.operand, quant.operands)
     quantize_first: bool = True  # quantize the first conv/linear layer too (CPT: yes)
     quantize_last: bool = False  # quantize the final classifier too (CPT: no)
     # module-name patterns (fnmatch, e.g. "*downsample*") of Conv2d/Linear layers kept in full
@@ -112,11 +113,7 @@ class QuantConfig:
     # fixed point: weight/activation grids widened to hold 0 exactly, integer zero point
     # (true); false = CPT's grid, min + k * (max - min) / (2^b - 1) (errors: always CPT's)
     zero_exact: bool = True
-    # the quantized layers' GEMMs: simulated (float32 on the rounded values, today's results),
-    # int8 (fixed point at <= 8 bits on integer GEMMs of the codes, int32 accumulation; equal to
-    # float32 rounding; the rest falls back to simulated, counted in summary.json) or auto
-    # (int8 where it applies, simulated for float formats)
-    kernels: str = "simulated"
+    kernels: str = "simulated"  # GEMMs: simulated (float32) | int8 (integer codes) | auto (int8 if it pays)
     # float formats (format=float)
     exp_bits: int = 5  # format=float: exponent bits of weights/activations
     man_bits: int = 10  # format=float: mantissa bits of weights/activations
@@ -125,6 +122,13 @@ class QuantConfig:
     has_inf: bool = True  # False: the top exponent holds numbers (OCP fp8 E4M3)
     error_exp_bits: int | None = None  # errors in another float format (IEEE-style, with inf)
     error_man_bits: int | None = None  # the errors' mantissa bits (with error_exp_bits)
+    # scaled formats (format=scaled; cprec/quant/recipes.py, docs "Number formats"): the
+    # default spec of all six GEMM operands, then per GEMM and operand what differs
+    operand: OperandConfig = field(default_factory=OperandConfig)  # format=scaled: all operands' default
+    operands: OperandsConfig = field(default_factory=OperandsConfig)  # format=scaled: per GEMM and operand
+    # format=scaled: SQNR, flushed and saturated fractions and scale range per layer and
+    # operand, into metrics.jsonl at every evaluation and their run means into summary.json
+    telemetry: bool = False
 
 
 @dataclass
@@ -338,9 +342,6 @@ def check_model(m: ModelConfig) -> None:
 def check_quant(q: QuantConfig) -> None:
     require_choice("quant.format", q.format, QUANT_FORMATS)
     require_choice("quant.kernels", q.kernels, QUANT_KERNELS)
-    require(q.kernels != "int8" or q.format == "fixed", "quant.kernels", q.kernels,
-            "integer GEMMs run fixed-point layers; a float format is simulated: use "
-            "quant.kernels=simulated, or auto (int8 where it applies)")
     require(1 <= q.exp_bits <= 8, "quant.exp_bits", q.exp_bits, "must be in 1..8")
     require(0 <= q.man_bits <= 23, "quant.man_bits", q.man_bits, "must be in 0..23")
     require((q.error_exp_bits is None) == (q.error_man_bits is None), "quant.error_exp_bits",

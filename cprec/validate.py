@@ -24,6 +24,7 @@ from cprec.numerics.amp import check_amp
 from cprec.numerics.loss_scale import check_loss_scale
 from cprec.numerics.optim import check_optim
 from cprec.precision.schedules import check_learned_format, check_schedule
+from cprec.quant.recipes import check_scaled
 from cprec.tasks.vision import check_root
 
 
@@ -52,6 +53,7 @@ def validate(cfg: TrainConfig) -> None:
     check_schedule(cfg.schedule)
     check_learned_format(cfg)
     check_quant(cfg.quant)
+    check_scaled(cfg)
     check_prt(cfg.prt)
     check_loss_scale(cfg)
     check_amp(cfg)
@@ -75,10 +77,13 @@ def check_data_parallel(cfg: TrainConfig) -> None:
 
 
 def check_kernels(cfg: TrainConfig) -> None:
-    """quant.kernels=int8 runs CPT's fixed-point quantizer on integer GEMMs; a learned
-    precision rounds through its own differentiable quantizer, on simulated GEMMs."""
+    """quant.kernels=int8 runs CPT's fixed-point quantizer on integer GEMMs: not a float or
+    scaled format, nor a learned precision (its own differentiable quantizer, simulated)."""
     from cprec.precision.schedules import LEARNED_KINDS
 
+    require(cfg.quant.kernels != "int8" or cfg.quant.format == "fixed", "quant.kernels", cfg.quant.kernels,
+            "integer GEMMs run fixed-point layers; float and scaled formats are simulated: use "
+            "quant.kernels=simulated, or auto (int8 where it applies)")
     require(cfg.quant.kernels != "int8" or cfg.schedule.kind not in LEARNED_KINDS, "quant.kernels",
             cfg.quant.kernels, f"schedule={cfg.schedule.name} learns its bits through its own "
             "quantizer on simulated GEMMs; use quant.kernels=simulated (auto runs it simulated too)")

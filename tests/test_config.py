@@ -66,9 +66,13 @@ def test_every_schedule_option_builds(compose, name: str) -> None:
 
 @pytest.mark.parametrize("name", options("quant"))
 def test_every_quant_option_converts(compose, name: str) -> None:
-    """Every quant option converts the default model and leaves it with quantized layers."""
-    cfg = compose([f"quant={name}"])
-    model, _ = build_quantized(build_model(cfg.model, DatasetInfo("x", 1, 8, 10)), cfg.quant, 0)
+    """Every quant option converts the default model and leaves it with quantized layers (a
+    scaled recipe with a static schedule; DeepSeek-V3's 128-wide tiles an MLP as wide)."""
+    scaled = (CONF / "quant" / f"{name}.yaml").read_text().count("format: scaled")
+    tiled = ["model=mlp", "model.hidden=128"] if name == "fp8_blockwise" else []
+    cfg = compose([f"quant={name}", *(["schedule=static"] if scaled else []), *tiled])
+    info = DatasetInfo("x", 2, 8, 10) if tiled else DatasetInfo("x", 1, 8, 10)
+    model, _ = build_quantized(build_model(cfg.model, info), cfg.quant, 0)
     assert len(quant_layers(model)) > 0
 
 

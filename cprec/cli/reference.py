@@ -51,7 +51,7 @@ def _comments(source: str) -> dict[int, str]:
 
 def _meanings(cls: type) -> dict[str, str]:
     """Field name -> its comment: on its line, else the comment block right above it."""
-    source = inspect.getsource(config)
+    source = inspect.getsource(inspect.getmodule(cls))
     comments, lines = _comments(source), source.splitlines()
     node = next(n for n in ast.walk(ast.parse(source))
                 if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
@@ -83,11 +83,19 @@ def config_keys() -> list[Key]:
     for f in fields(config.TrainConfig):
         value = getattr(top, f.name)
         if is_dataclass(value):
-            meaning = _meanings(type(value))
-            keys += [Key(f"{f.name}.{g.name}", str(g.type), _default(g), meaning[g.name])
-                     for g in fields(value)]
+            keys += _group_keys(f.name, value)
         else:
             keys.append(Key(f.name, str(f.type), _default(f), _meanings(config.TrainConfig)[f.name]))
+    return keys
+
+
+def _group_keys(prefix: str, value: Any) -> list[Key]:
+    """A group's keys; a nested schema (quant.operands.forward.w) gives its own keys."""
+    meaning, keys = _meanings(type(value)), []
+    for g in fields(value):
+        inner = getattr(value, g.name)
+        keys += _group_keys(f"{prefix}.{g.name}", inner) if is_dataclass(inner) else \
+            [Key(f"{prefix}.{g.name}", str(g.type), _default(g), meaning[g.name])]
     return keys
 
 

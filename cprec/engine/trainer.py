@@ -276,15 +276,17 @@ def _accuracy_beside(trainer: Trainer, metric: str, last: dict) -> dict:
 def step_plugins(parts: RunParts) -> list[StepPlugin]:
     """The plugins the config asks for: real mixed precision (numerics/amp.py), loss scaling
     (numerics/loss_scale.py), learned precision (precision/ldp.py; it sees the unscaled gradients), gradient
-    clipping (step.py; last: it clips the unscaled gradients the optimizer will use)."""
+    clipping (step.py; it clips the unscaled gradients the optimizer will use), the scaled
+    formats' amax histories and telemetry (numerics/scaled_step.py; after the update)."""
     from cprec.engine.kernel_counts import gemm_count_plugin
     from cprec.engine.step import grad_clip
     from cprec.numerics.amp import build_amp
     from cprec.numerics.loss_scale import build_loss_scaling
+    from cprec.numerics.scaled_step import scaled_formats
     from cprec.precision.ldp import ldp_step
 
     plugins = (build_amp(parts), build_loss_scaling(parts), ldp_step(parts),
-               grad_clip(parts.model, parts.cfg.optim.grad_clip),
+               grad_clip(parts.model, parts.cfg.optim.grad_clip), scaled_formats(parts),
                gemm_count_plugin(parts.model, parts.cfg.quant.kernels))
     return [p for p in plugins if p is not None]
 

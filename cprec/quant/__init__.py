@@ -39,6 +39,6 @@ __all__ = ["FULL", "FORMATS", "FixedPointQuantizer", "FloatFormat", "FloatFormat
 def build_quantized(model: nn.Module, cfg: QuantConfig, seed: int) -> tuple[nn.Module, QuantRNG]:
     """Convert a model per the ``quant`` config; return it with its stochastic-rounding RNG."""
     rng = QuantRNG(seed + 7919)
-    model = quantize_model(model, build_quantizer(cfg), rng, cfg.quantize_first,
+    model = quantize_model(model, build_quantizer(cfg, seed), rng, cfg.quantize_first,
                            cfg.quantize_last, cfg.keep_full)
     return model, rng

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cprec.errors import ConfigError
-from cprec.quant import native, reference
+from cprec.quant import mxblocks, native, reference
 
 log = logging.getLogger(__name__)
 # torch.compile's C++ toolchain probe warns about a missing CUDA runtime on CPU-only hosts
@@ -120,6 +120,7 @@ _TABLE: dict[Callable, dict[str, Callable]] = {
     reference.quant_inputs_given_range: _fast(reference.quant_inputs_given_range,
                                               native.quant_inputs_given_range),
     reference.quant_stochastic: _fast(reference.quant_stochastic, native.quant_stochastic),
+    mxblocks.quant_mx_blocks: {NATIVE: native.quant_mx_blocks},
 }
 
 

@@ -130,6 +130,8 @@ class QConv2d(QuantMixin, nn.Conv2d):
     """nn.Conv2d with quantized inputs and errors; a training step is one autograd node."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fw_bits < FULL and self.quantizer.per_gemm:
+            return self.quantizer.conv2d(self, x)
         if uses_int8(self) and (out := int8_forward(self, x)) is not None:
             return out
         rounding = self._error_rounding()
@@ -151,6 +153,8 @@ class QLinear(QuantMixin, nn.Linear):
     """nn.Linear with quantized inputs (STE) and errors (a hook on its output)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fw_bits < FULL and self.quantizer.per_gemm:
+            return self.quantizer.linear(self, x)
         if uses_int8(self) and (out := int8_forward(self, x)) is not None:
             return out
         x, w = self._quantized_inputs(x, self.weight)
@@ -198,9 +202,8 @@ def quantize_model(model: nn.Module, quantizer: Quantizer | None = None, rng: Qu
         keep.add(names[-1])
     keep.update(n for n in names if any(fnmatchcase(n, p) for p in keep_full))
     modules = dict(model.named_modules())
-    for name in names:
-        if name not in keep:
-            _swap(modules[name], quantizer, rng)
+    for index, name in enumerate(n for n in names if n not in keep):
+        quantizer.attach(_swap(modules[name], quantizer, rng), name, index)
     return model
 
 

@@ -36,6 +36,7 @@ SIGNATURES = {  # the last argument of each: threads; _INT after levels: zero_ex
     "quant_tensor_given_range": [_P, _P, _I64, _F, _F, _F, _INT, _P, _INT],
     "quant_per_channel": [_P, _P, _I64, _I64, _F, _INT, _P, _P, _INT],
     "quant_stochastic": [_P, _P, _I64, _F, _I32, _P, _INT],
+    "quant_mx_blocks": [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F, _INT],
     "grid_codes": [_P, _P, _I64, _F, _F, _F, _INT],  # int8.py: values -> int8/uint8 codes
 }
 F32 = torch.float32
@@ -212,3 +213,16 @@ def grid_codes(v: torch.Tensor, lo: float, scale: float, add: float, dtype: torc
     out = torch.empty(v.shape, dtype=dtype)
     _lib.grid_codes(_ptr(v), _ptr(out), v.numel(), lo, scale, add, torch.get_num_threads())
     return out
+def quant_mx_blocks(x: torch.Tensor, axis: int, block: int, rule: str, elem) -> Tensors:
+    """mxblocks.quant_mx_blocks for a spec ``mxblocks.supported`` takes."""
+    from cprec.quant.mxblocks import RULE_CODES
+
+    axis = axis % x.dim()
+    outer, inner = int(torch.tensor(x.shape[:axis]).prod()), int(torch.tensor(x.shape[axis + 1:]).prod())
+    out = torch.empty_like(x)
+    is_float = elem.kind == "float"
+    _lib.quant_mx_blocks(_ptr(x), _ptr(out), outer, x.shape[axis], inner, block, RULE_CODES[rule],
+                         elem.emax, 0 if is_float else 1, elem.man_bits,
+                         elem.grid.min_exp if is_float else 0, elem.max_value,
+                         torch.get_num_threads())
+    return (out,)

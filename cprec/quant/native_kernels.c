@@ -177,6 +177,136 @@ void quant_stochastic(const float *g, float *out, int64_t n, float levels, int32
     }
 }
 
+/* cprec.quant.mxblocks.quant_mx_blocks: OCP MX quantize-dequantize of x viewed as
+ * (outer, L, inner), blocks of `block` consecutive elements along L (a shorter last block
+ * is the zero-padded one: zeros change neither the amax nor the grid), one E8M0 scale per
+ * block and inner index, as scales.quantize_e8m0 computes it: X from the block's amax by
+ * rule 0 floor, 1 ceil, 2 even (NaN amax: X = NaN), v = clamp(x / X, +-maxv) rounded half
+ * to even onto the element (kind 0: a float with man_bits and smallest normal exponent
+ * min_exp, as elements.round_nearest_float; kind 1: int codes of 2^-man_bits, as
+ * elements.round_saturated), times X. */
+static inline uint32_t f2u(float f) {
+    union { float f; uint32_t u; } c;
+    c.f = f;
+    return c.u;
+}
+
+static inline float u2f(uint32_t u) {
+    union { float f; uint32_t u; } c;
+    c.u = u;
+    return c.f;
+}
+
+/* The rule as branch-free constants (so the scale loop vectorizes): even rounds amax half-up
+ * to the element's mantissa first, ceil rounds the exponent up. */
+typedef struct { uint32_t add, mask; int32_t up, emax; } E8M0Rule;
+
+static E8M0Rule e8m0_rule(int rule, int emax, int man_bits) {
+    E8M0Rule r = {0u, 0xFFFFFFFFu, 0, emax};
+    if (rule == 2 && man_bits < 23) {
+        r.add = 1u << (22 - man_bits);
+        r.mask = 0x7F800000u;
+    }
+    r.up = rule == 1;
+    return r;
+}
+
+static inline float e8m0_scale(float amax, E8M0Rule r) {
+    const uint32_t bits = (f2u(amax) + r.add) & r.mask;
+    int32_t e = (int32_t)((bits >> 23) & 0xFF) - 127 + (r.up & ((bits & 0x7FFFFFu) != 0)) - r.emax;
+    e = e < -127 ? -127 : e;
+    e = e > 128 ? 128 : e;
+    /* code 0: 2^-127 (a float32 subnormal: bit 22); code 255 (or a NaN amax): NaN */
+    const uint32_t code = (uint32_t)(e + 127);
+    const uint32_t value = code == 0 ? 0x00400000u : code << 23;
+    return u2f((amax != amax) | (code == 255) ? 0x7FC00000u : value);
+}
+
+static inline float mx_element(float v, int kind, int man_bits, uint32_t min_step, float maxv,
+                               float unit, float top) {
+    v = v < -maxv ? -maxv : (v > maxv ? maxv : v);
+    if (kind == 0) {
+        uint32_t e = f2u(v) & 0x7F800000u;
+        e = e < min_step ? min_step : e;
+        /* steps are powers of two: times the exact reciprocal is the division, bitwise */
+        const uint32_t step = e - ((uint32_t)man_bits << 23);
+        return nearbyintf(v * u2f(0x7F000000u - step)) * u2f(step);
+    }
+    float c = nearbyintf(v * (1.0f / unit));
+    c = c < -top ? -top : (c > top ? top : c);
+    return c * unit;
+}
+
+#define MX_CHUNK 256
+
+/* One block of n contiguous elements (inner == 1: blocks along the last axis). */
+static void mx_block_contiguous(const float *restrict x, float *restrict out, int64_t n, E8M0Rule rule,
+                                int kind, int man_bits, uint32_t min_step, float maxv,
+                                float unit, float top) {
+    float amax = 0.0f;
+    int nan = 0;
+    for (int64_t l = 0; l < n; l++) {
+        const float a = fabsf(x[l]);
+        amax = a > amax ? a : amax;
+        nan |= a != a;
+    }
+    if (nan) amax = NAN;
+    const float scale = e8m0_scale(amax, rule), inv = 1.0f / scale;
+    for (int64_t l = 0; l < n; l++)
+        out[l] = mx_element(x[l] * inv, kind, man_bits, min_step, maxv, unit, top) * scale;
+}
+
+/* Blocks along L of an (L, inner) slab: one scale per block and inner index, the inner
+ * index in chunks, so every loop runs along contiguous memory. */
+static void mx_block_strided(const float *restrict x, float *restrict out, int64_t n,
+                             int64_t inner, E8M0Rule rule, int kind, int man_bits,
+                             uint32_t min_step, float maxv, float unit, float top) {
+    for (int64_t i0 = 0; i0 < inner; i0 += MX_CHUNK) {
+        const int64_t w = inner - i0 < MX_CHUNK ? inner - i0 : MX_CHUNK;
+        float amax[MX_CHUNK], scale[MX_CHUNK], inv[MX_CHUNK];
+        for (int64_t i = 0; i < w; i++) amax[i] = 0.0f;
+        for (int64_t l = 0; l < n; l++) {
+            const float *restrict row = x + l * inner + i0;
+            for (int64_t i = 0; i < w; i++) {
+                const float a = fabsf(row[i]);
+                amax[i] = a > amax[i] || a != a ? a : amax[i]; /* a NaN stays: no a > NaN */
+            }
+        }
+        /* 1 / X: exact (X a power of two, 2^-127 .. 2^127, or NaN) */
+        for (int64_t i = 0; i < w; i++) {
+            scale[i] = e8m0_scale(amax[i], rule);
+            inv[i] = 1.0f / scale[i];
+        }
+        for (int64_t l = 0; l < n; l++) {
+            const float *restrict row = x + l * inner + i0;
+            float *restrict dst = out + l * inner + i0;
+            for (int64_t i = 0; i < w; i++)
+                dst[i] = mx_element(row[i] * inv[i], kind, man_bits, min_step, maxv, unit, top)
+                    * scale[i];
+        }
+    }
+}
+
+void quant_mx_blocks(const float *x, float *out, int64_t outer, int64_t L, int64_t inner,
+                     int64_t block, int rule, int emax, int kind, int man_bits, int min_exp,
+                     float maxv, int threads) {
+    const int64_t nb = (L + block - 1) / block, tasks = outer * nb;
+    const uint32_t min_step = (uint32_t)(min_exp + 127) << 23;
+    const float unit = ldexpf(1.0f, -man_bits), top = maxv / unit;
+    const E8M0Rule r = e8m0_rule(rule, emax, man_bits);
+#pragma omp parallel for if (outer * L * inner >= PARALLEL_MIN) num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t o = t / nb, l0 = (t % nb) * block;
+        const int64_t n = (l0 + block < L ? l0 + block : L) - l0;
+        const int64_t at = (o * L + l0) * inner;
+        if (inner == 1)
+            mx_block_contiguous(x + at, out + at, n, r, kind, man_bits, min_step, maxv, unit, top);
+        else
+            mx_block_strided(x + at, out + at, n, inner, r, kind, man_bits, min_step, maxv, unit,
+                             top);
+    }
+}
+
 /* int8.py's codes of values on a grid lo + k * scale: the byte of
  * nearbyintf((v - lo) / scale) + add (an integral float in -128..255: int8 or uint8 codes,
  * the caller's tensor type says which), as torch.round((v - lo) / scale) + add would give. */

@@ -25,6 +25,10 @@ from cprec.quant.fixed import (
     stochastic_round_tensor,
 )
 from cprec.quant.floatfmt import FloatFormat, quantize_float
+from cprec.quant.pergemm import HADAMARD_STRIDE, LayerGemms, ScaledConv2d, ScaledLinear
+from cprec.quant.recipe import LayerRecipe
+from cprec.quant.recipes import layer_recipe, recipe_widths
+from cprec.quant.scaled import quantize_operand
 
 if TYPE_CHECKING:
     from cprec.quant.modules import QuantMixin
@@ -36,6 +40,7 @@ class Quantizer(ABC):
     """How a layer quantizes, whatever its bits are; shared by all layers of a model."""
 
     quantize_errors: bool
+    per_gemm = False  # True: the layer's whole step is the quantizer's (``linear``/``conv2d``)
 
     @property
     def format_bits(self) -> tuple[int, int] | None:
@@ -51,6 +56,11 @@ class Quantizer(ABC):
     @abstractmethod
     def round_error(self, error: torch.Tensor, bits: int, key: torch.Tensor) -> torch.Tensor:
         """The error rounded at ``bits`` (stochastically, noise stream ``key``)."""
+
+    def attach(self, layer: QuantMixin, name: str, index: int) -> None:
+        """Called once per layer the model swap quantizes (``name``, ``index``: its
+        qualified name and order): a quantizer with per-layer state gives the layer its own."""
+        return None
 
     def error_rounding(self, bits: int) -> tuple[int, RoundError] | None:
         """``(bits, round_error)`` for a backward pass at ``bits``; None: errors stay as they
@@ -131,6 +141,51 @@ class FloatFormatQuantizer(Quantizer):
         return quantize_float(error, self.error_fmt, "stochastic", self.overflow, key)
 
 
+@dataclass(frozen=True)
+class ScaledQuantizer(Quantizer):
+    """The scaled formats (MX, NVFP4, FP8 per tensor / row / tile, delayed scaling): every
+    operand of the layer's three GEMMs quantized along that GEMM's reduction axis
+    (pergemm.py), per the six specs of ``recipe``. The element formats fix the widths."""
+
+    recipe: LayerRecipe
+    seed: int = 0
+    telemetry: bool = False
+    quantize_errors: bool = True
+    per_gemm = True
+
+    @property
+    def format_bits(self) -> tuple[int, int]:
+        return recipe_widths(self.recipe)
+
+    def attach(self, layer: QuantMixin, name: str, index: int) -> None:
+        layer.gemms = LayerGemms(self.recipe, self.seed + HADAMARD_STRIDE * (index + 1),
+                                 self.telemetry)
+        layer.gemms.check_tiles(name, layer.weight, getattr(layer, "groups", 1))
+
+    def linear(self, layer: QuantMixin, x: torch.Tensor) -> torch.Tensor:
+        return ScaledLinear.apply(x, layer.weight, layer.bias, layer)
+
+    def conv2d(self, layer: QuantMixin, x: torch.Tensor) -> torch.Tensor:
+        return ScaledConv2d.apply(x, layer.weight, layer.bias, layer)
+
+    def inputs(self, layer: QuantMixin, x: torch.Tensor, weight: torch.Tensor,
+               ste: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward GEMM's operands (along the input features, axis 1)."""
+        xq = layer.gemms.quantize(layer, "forward", "x", x, 1)
+        wq = layer.gemms.quantize(layer, "forward", "w", weight, 1)
+        return StraightThrough.apply(x, weight, xq, wq) if ste else (xq, wq)
+
+    def round_error(self, error: torch.Tensor, bits: int, key: torch.Tensor) -> torch.Tensor:
+        """An output gradient as the input-gradient GEMM takes it (along the outputs, axis 1)."""
+        spec = self.recipe.input_grad.second
+        return error if self.recipe.input_grad.high_precision else \
+            quantize_operand(error, spec, 1, key=key)
+
+
+def _scaled(cfg: QuantConfig, seed: int = 0) -> Quantizer:
+    return ScaledQuantizer(layer_recipe(cfg), seed, cfg.telemetry, cfg.quantize_errors)
+
+
 def _fixed_point(cfg: QuantConfig) -> Quantizer:
     return FixedPointQuantizer(cfg.quantize_errors, cfg.act_momentum, cfg.zero_exact, cfg.kernels)
 
@@ -145,11 +200,15 @@ def _float_format(cfg: QuantConfig) -> Quantizer:
 # ``quant.format`` -> builder; config.QUANT_FORMATS names the same keys (tested), so that
 # validation stays torch-free. A new format: a Quantizer subclass and one entry here.
 QUANTIZERS: dict[str, Callable[[QuantConfig], Quantizer]] = {"fixed": _fixed_point,
-                                                             "float": _float_format}
+                                                             "float": _float_format,
+                                                             "scaled": _scaled}
 
 
-def build_quantizer(cfg: QuantConfig) -> Quantizer:
-    """The quantizer the ``quant`` config group describes (``quant.format``)."""
+def build_quantizer(cfg: QuantConfig, seed: int = 0) -> Quantizer:
+    """The quantizer the ``quant`` config group describes (``quant.format``); ``seed`` (the
+    run's) seeds the scaled formats' Hadamard signs."""
+    if cfg.format == "scaled":
+        return _scaled(cfg, seed)
     return QUANTIZERS[cfg.format](cfg)
 
 

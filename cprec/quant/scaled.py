@@ -23,11 +23,20 @@ from typing import Any
 
 import torch
 
+from cprec.quant.backends import kernel
 from cprec.quant.blocks import to_groups
 from cprec.quant.delayed import AmaxHistory
 from cprec.quant.elements import FIXED, round_element, round_fixed
 from cprec.quant.hadamard import RandomHadamard
-from cprec.quant.scales import fp32_scales, quantize_e4m3, quantize_e8m0, quantize_fp32
+from cprec.quant.mxblocks import quant_mx_blocks, supported
+from cprec.quant.scales import (
+    E4M3_MAX,
+    e8m0_values,
+    fp32_scales,
+    quantize_e4m3,
+    quantize_e8m0,
+    quantize_fp32,
+)
 from cprec.quant.spec import FORMATS, OperandSpec, preset
 
 
@@ -68,35 +77,60 @@ def rounding_key(generator: torch.Generator | None, device: torch.device) -> tor
 
 def quantize_operand(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
                      generator: torch.Generator | None = None,
-                     state: OperandState | None = None) -> torch.Tensor:
+                     state: OperandState | None = None, key: torch.Tensor | None = None
+                     ) -> torch.Tensor:
     """``x`` quantized as ``spec`` says along ``axis`` (its GEMM's reduction axis) and
     dequantized back to float32, same shape.
 
     ``rounding="stochastic"`` draws one key from ``generator`` per call (see
-    ``rounding_key``). ``amax="delayed"`` casts with ``state.amax.scale`` and records this
+    ``rounding_key``), unless ``key`` (an int32 0-dim tensor: the layers' seeded counter)
+    is given. ``amax="delayed"`` casts with ``state.amax.scale`` and records this
     tensor's amax in the history (the caller calls ``state.amax.update()`` once per step).
     ``hadamard=True`` transforms ``x`` along ``axis`` (``state.hadamard``, seed 0 if none),
     quantizes, and transforms back: the GEMM of two such operands equals, in exact
     arithmetic, the GEMM of the transformed quantized operands (M M^T = I).
     """
+    elem = spec.element
+    if (spec.scale == "e8m0" and spec.granularity == "block" and not spec.hadamard
+            and spec.rounding == "nearest" and supported(elem, spec.rule)):
+        return kernel(quant_mx_blocks)(x.detach().float().contiguous(), axis, spec.block_size,
+                                       spec.rule, elem)[0]
+    return quantize_with_scales(x, spec, axis, generator, state, key)[0]
+
+
+def quantize_with_scales(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
+                         generator: torch.Generator | None = None,
+                         state: OperandState | None = None, key: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(result, groups, scale)``: ``quantize_operand``'s result, and for telemetry the
+    groups of (the transformed) ``x`` and each group's dequantization factor (the value
+    of one element unit: E8M0 X, NVFP4's block scale times the tensor scale, 1 / s of an
+    fp32 scale), broadcastable to ``groups``; both None for a plain cast or fixed point."""
     x = x.detach().float()
     if spec.hadamard:
         rht = state.hadamard if state is not None and state.hadamard is not None \
             else RandomHadamard(0)
         inner = OperandSpec(**{**spec.__dict__, "hadamard": False})
-        return rht.inverse(quantize_operand(rht.transform(x, axis), inner, axis, generator,
-                                            state), axis)
+        out, groups, scale = quantize_with_scales(rht.transform(x, axis), inner, axis,
+                                                  generator, state, key)
+        return rht.inverse(out, axis), groups, scale
     elem = spec.element
-    key = rounding_key(generator, x.device) if spec.rounding == "stochastic" else None
+    if spec.rounding == "stochastic" and key is None:
+        key = rounding_key(generator, x.device)
+    elif spec.rounding != "stochastic":
+        key = None
     if spec.granularity == "none":
-        return round_element(x, elem, key)
+        return round_element(x, elem, key), None, None
     groups, restore, dim = to_groups(x, spec.granularity, axis, spec.block_size, spec.tile)
     if elem.kind == FIXED:
-        return restore(round_fixed(groups, elem.bits, key, dim))
+        return restore(round_fixed(groups, elem.bits, key, dim)), None, None
     if spec.scale == "e8m0":
-        return restore(quantize_e8m0(groups, elem, spec.rule, key, dim)[0])
+        out, codes = quantize_e8m0(groups, elem, spec.rule, key, dim)
+        return restore(out), groups, e8m0_values(codes)
     if spec.scale == "e4m3":
-        return restore(quantize_e4m3(groups, elem, key, dim)[0])
+        out, block = quantize_e4m3(groups, elem, key, dim)
+        per_tensor = groups.abs().amax() / (E4M3_MAX * elem.max_value)
+        return restore(out), groups, block * torch.where(per_tensor == 0, 1.0, per_tensor)
     if spec.amax == "delayed":
         if state is None or state.amax is None:
             raise ValueError("amax='delayed' needs state=OperandState.for_spec(spec)")
@@ -104,7 +138,7 @@ def quantize_operand(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
         scale = state.amax.scale
     else:
         scale = fp32_scales(groups.abs().amax(dim=dim, keepdim=True), elem, spec.pow2)
-    return restore(quantize_fp32(groups, elem, scale, key))
+    return restore(quantize_fp32(groups, elem, scale, key)), groups, 1.0 / scale
 
 
 def operand_spec(fmt: str | OperandSpec, scale_rule: str = "floor", **spec: Any) -> OperandSpec:

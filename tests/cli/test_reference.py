@@ -11,13 +11,16 @@ from cprec.config import TrainConfig
 from tests.helpers import ROOT
 
 
+def _leaves(prefix: str, value: object) -> set[str]:
+    """Dotted keys of a schema's fields; a nested schema (quant.operands) gives its own."""
+    if not is_dataclass(value):
+        return {prefix}
+    return {k for g in fields(value) for k in _leaves(f"{prefix}.{g.name}", getattr(value, g.name))}
+
+
 def schema_keys() -> set[str]:
     top = TrainConfig()
-    out = set()
-    for f in fields(TrainConfig):
-        value = getattr(top, f.name)
-        out |= {f"{f.name}.{g.name}" for g in fields(value)} if is_dataclass(value) else {f.name}
-    return out
+    return {k for f in fields(TrainConfig) for k in _leaves(f.name, getattr(top, f.name))}
 
 
 def test_every_field_of_every_schema_has_a_meaning() -> None:

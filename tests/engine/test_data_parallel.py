@@ -156,3 +156,26 @@ def test_a_rank_weights_its_loss_by_its_share_of_the_global_batch() -> None:
 
     losses = [DataParallelPlugin(Share(r), False).loss(torch.tensor(1.0), None) for r in range(3)]
     assert [round(float(v), 6) for v in losses] == [0.4, 0.3, 0.3]
+
+
+def test_imagefolder_and_lm_slices_are_one_process_batches(compose, tmp_path: Path) -> None:
+    """The ranks' ImageFolder batches (augmented pixels included) and LM windows, put together,
+    are exactly the batches one process trains, step after step, across an epoch boundary."""
+    from cprec.engine.build import build_run
+
+    root = generate_folder(tmp_path / "folder", 3, 4, 2)
+    cases = [["dataset=imagefolder", f"dataset.root={root}", "model=torchvision", "dataset.image_size=32",
+              "dataset.resize=36", "dataset.workers=0", "trainer.batch_size=5", "trainer.steps=4",
+              "schedule.bounds=config", "schedule=static"],
+             [*LM, "trainer.batch_size=5", "dataset.train_subset=400", "schedule=static"]]
+    for overrides in cases:
+        cfg = compose(overrides)
+        whole, ranks = build_run(cfg).task, [build_run(cfg).task for _ in range(2)]
+        for rank, task in enumerate(ranks):
+            task.shard(rank, 2)
+        for _ in range(whole.steps_per_epoch + 2):
+            one = whole.next_batch()
+            parts = [task.next_batch() for task in ranks]
+            assert [t.batch_share() for t in ranks] == [(3, 5), (2, 5)]
+            for k in range(2):
+                assert torch.equal(torch.cat([p[k] for p in parts]), one[k])

@@ -197,15 +197,17 @@ def test_slurm_ddp_launcher_composes() -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_while_the_ranks_start_ends_interrupted(tmp_path: Path) -> None:
-    """SIGTERM to the launching process the moment the ranks exist (still starting Python, not
-    training): every rank ends "interrupted" with a checkpoint, exit 1, not "exit code -15"."""
+@pytest.mark.parametrize("to", ["launcher", "group"])
+def test_sigterm_while_the_ranks_start_ends_interrupted(tmp_path: Path, to: str) -> None:
+    """SIGTERM to the launching process, or to the whole process group, the moment the ranks
+    exist (Python still starting, not training): every rank ends "interrupted" with a
+    checkpoint, exit 1, not "exit code -15"."""
     proc = start(["train", *RESUMABLE, "hydra.run.dir=run"], tmp_path)
     deadline = time.time() + 120
     while len(ranks_of(proc)) < 2:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGTERM)
+    (os.kill if to == "launcher" else os.killpg)(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "interrupted" in stderr and "-15" not in stderr, stderr[-2000:]
     summary = read_summary(tmp_path / "run")

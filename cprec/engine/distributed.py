@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -142,7 +143,8 @@ def spawn(cfg: TrainConfig, out_dir: Path) -> None:
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             failed.append(e)
 
-    with tempfile.TemporaryDirectory(prefix="cprec-ranks-") as errors, forward_signals(Path(errors)):
+    with tempfile.TemporaryDirectory(prefix="cprec-ranks-") as errors, forward_signals(Path(errors)), \
+            ranks_start_deaf(Path(errors)):
         thread = threading.Thread(target=agent, args=(errors,), daemon=True)
         thread.start()
         while thread.is_alive():
@@ -172,6 +174,25 @@ def forward_signals(ranks: Path) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def ranks_start_deaf(folder: Path) -> Iterator[None]:
+    """The ranks start with SIGTERM/SIGINT ignored (a shell's ``trap '' TERM INT`` before it
+    execs Python: an ignored signal stays ignored across exec) until their own handler is in
+    place (``trainer.catch_early_stops``), so a stop signal in a rank's first seconds, while
+    Python imports torch, cannot kill it; the note ``stop`` tells it what it missed."""
+    import multiprocessing.spawn as mp_spawn
+
+    script = folder / "python"
+    script.write_text(f"#!/bin/sh\ntrap '' TERM INT\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    script.chmod(0o755)
+    previous = mp_spawn.get_executable()
+    mp_spawn.set_executable(str(script))
+    try:
+        yield
+    finally:
+        mp_spawn.set_executable(previous)
 
 
 def group_error(e: Exception, errors: Path) -> CprecError:

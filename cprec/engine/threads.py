@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +73,17 @@ def _alive(pid: int) -> bool:
 
 
 def read_claims(folder: Path, own: int) -> list[Claim]:
-    """The live claims in ``folder`` other than ``own``'s; stale ones are removed."""
-    found = []
+    """The live claims of this machine in ``folder`` other than ``own``'s; stale ones are
+    removed. A claims dir in a home shared by a cluster's nodes holds other machines'
+    claims too: they are neither counted nor swept."""
+    found, host = [], socket.gethostname()
     for path in folder.glob("*.json"):
         try:
             data = json.loads(path.read_text())
             claim = Claim(int(data["pid"]), frozenset(data["cpus"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being written, or not ours to read
-        if claim.pid == own:
+        if claim.pid == own or data.get("host", host) != host:
             continue
         if _alive(claim.pid):
             found.append(claim)
@@ -96,12 +99,13 @@ class ThreadClaim:
         self.fixed, self.folder, self.pid = fixed, folder or claims_dir(), os.getpid()
         self.cpus = frozenset(os.sched_getaffinity(0))
         self.default = torch.get_num_threads()
-        self.path = self.folder / f"{self.pid}.json"
+        self.path = self.folder / f"{socket.gethostname()}-{self.pid}.json"
         self.used: set[int] = set()
 
     def open(self) -> ThreadClaim:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": self.pid, "cpus": sorted(self.cpus)}))
+        tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": self.pid,
+                                   "cpus": sorted(self.cpus)}))
         tmp.replace(self.path)
         self.refresh()
         return self

@@ -197,15 +197,17 @@ def test_slurm_ddp_launcher_composes() -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_while_the_ranks_start_ends_interrupted(tmp_path: Path) -> None:
-    """SIGTERM to the launching process the moment the ranks exist (still starting Python, not
-    training): every rank ends "interrupted" with a checkpoint, exit 1, not "exit code -15"."""
+@pytest.mark.parametrize("to", ["launcher", "group"])
+def test_sigterm_while_the_ranks_start_ends_interrupted(tmp_path: Path, to: str) -> None:
+    """SIGTERM to the launching process, or to the whole process group, the moment the ranks
+    exist (Python still starting, not training): every rank ends "interrupted" with a
+    checkpoint, exit 1, not "exit code -15"."""
     proc = start(["train", *RESUMABLE, "hydra.run.dir=run"], tmp_path)
     deadline = time.time() + 120
     while len(ranks_of(proc)) < 2:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGTERM)
+    (os.kill if to == "launcher" else os.killpg)(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "interrupted" in stderr and "-15" not in stderr, stderr[-2000:]
     summary = read_summary(tmp_path / "run")
@@ -226,7 +228,7 @@ def torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
 def test_torchrun_group_holds_its_run_dir(tmp_path: Path) -> None:
     """Under torchrun: rank 0 holds the run dir's lock, so a second launch on it is refused in
     one cprec line while the first trains; only rank 0 wrote .hydra/; a SIGTERM to the
-    first group ends it "interrupted"; a launch without hydra.run.dir is refused."""
+    first group ends it "interrupted"."""
     args = ["train", *[a for a in RESUMABLE if a != "trainer.devices=2"], "trainer.steps=2000"]
     first = torchrun([*args, "hydra.run.dir=run"], tmp_path)
     wait_for_checkpoint(tmp_path / "run", first)
@@ -240,6 +242,24 @@ def test_torchrun_group_holds_its_run_dir(tmp_path: Path) -> None:
     assert read_summary(tmp_path / "run")["status"] == "interrupted"
     assert sorted(p.name for p in (tmp_path / "run" / ".hydra").iterdir()) == \
         ["config.yaml", "hydra.yaml", "overrides.yaml"]
-    nodir = torchrun(args, tmp_path)
-    _, stderr = nodir.communicate(timeout=120)
-    assert "hydra.run.dir is required here" in stderr and not (tmp_path / "outputs").exists()
+
+
+def test_a_launched_rank_needs_the_run_dir_and_only_rank_0_writes_hydra_files(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A rank torchrun started: without hydra.run.dir one line, exit 2 (each rank's dated
+    default could differ); rank 1 runs Hydra without .hydra/ output, rank 0 as asked."""
+    from cprec.cli.train import launched_rank_args
+
+    monkeypatch.setattr("cprec.engine.trainer.catch_early_stops", lambda: None)
+    for key, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "localhost"),
+                       ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as stop:
+        launched_rank_args(["model=mlp"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == ("cprec: error: hydra.run.dir is required here: the 2 "
+                                               "processes the launcher started must share one run "
+                                               "dir; add hydra.run.dir=<folder>")
+    assert launched_rank_args(["hydra.run.dir=run"]) == ["hydra.run.dir=run", "hydra.output_subdir=null"]
+    monkeypatch.setenv("RANK", "0")
+    assert launched_rank_args(["hydra.run.dir=run"]) == ["hydra.run.dir=run"]

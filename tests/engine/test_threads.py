@@ -32,8 +32,11 @@ def test_claims_of_dead_processes_are_swept(tmp_path: Path) -> None:
     (tmp_path / f"{dead}.json").write_text(json.dumps({"pid": int(dead), "cpus": [0, 1]}))
     (tmp_path / "1.json").write_text(json.dumps({"pid": 1, "cpus": [0, 1]}))  # init: alive
     (tmp_path / "half.json").write_text("{")  # being written: skipped, kept
+    other = {"host": "another-node", "pid": int(dead), "cpus": [0, 1]}  # a shared home
+    (tmp_path / "other.json").write_text(json.dumps(other))
     assert read_claims(tmp_path, os.getpid()) == [Claim(1, frozenset({0, 1}))]
     assert not (tmp_path / f"{dead}.json").exists() and (tmp_path / "half.json").exists()
+    assert (tmp_path / "other.json").exists()
 
 
 def test_automatic_threads_take_their_share_and_fixed_threads_stay(
@@ -45,14 +48,14 @@ def test_automatic_threads_take_their_share_and_fixed_threads_stay(
     claim = ThreadClaim(None, tmp_path)
     claim.default = 4
     with claim:
-        assert claim.threads() == 4 and (tmp_path / f"{os.getpid()}.json").exists()
+        assert claim.threads() == 4 and claim.path.exists() and claim.path.parent == tmp_path
         (tmp_path / "1.json").write_text(json.dumps({"pid": 1, "cpus": [0, 1, 2, 3]}))
         assert claim.threads() == 2
         claim.default = 1
         assert claim.threads() == 1
         fixed = ThreadClaim(3, tmp_path)
         assert fixed.threads() == 3
-    assert not (tmp_path / f"{os.getpid()}.json").exists()
+    assert not claim.path.exists()
 
 
 def test_the_command_line_makes_openmp_pools_sleep(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,6 +128,17 @@ def wandb_records(path: Path) -> list:
     return out
 
 
+def finished_records(path: Path, timeout: float = 30.0) -> list:
+    """The file's records once W&B's service (a separate process, which writes after
+    ``run.finish()`` has returned) has written the run's exit record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
 def test_wandb_offline_run_holds_the_metrics_summary_and_files(compose, tmp_path, monkeypatch,
                                                                caplog) -> None:
     pytest.importorskip("wandb")
@@ -136,7 +148,7 @@ def test_wandb_offline_run_holds_the_metrics_summary_and_files(compose, tmp_path
         Trainer(build_run(cfg), tmp_path).run()
     assert not [r for r in caplog.records if "logger=wandb failed" in r.getMessage()]
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    records = wandb_records(run_file)
+    records = finished_records(run_file)
     history = {}
     for r in records:
         if r.WhichOneof("record_type") == "history":

@@ -24,7 +24,8 @@ RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root
                        "dataset.download", "dataset.workers", "trainer.progress", "trainer.threads",
                        "trainer.device", "trainer.checkpoint_every", "trainer.dist_timeout_s",
                        "tracking.experiment", "tracking.mlflow_uri", "tracking.wandb_project",
-                       "tracking.wandb_entity", "tracking.wandb_group", "tracking.wandb_mode", "cost.devices")
+                       "tracking.wandb_entity", "tracking.wandb_group", "tracking.wandb_mode", "cost.devices",
+                       "quant.telemetry")
 
 
 @dataclass
@@ -126,6 +127,7 @@ class QuantConfig:
     operands: OperandsConfig = field(default_factory=OperandsConfig)  # format=scaled: per GEMM and operand
     # format=scaled: SQNR, flushed and saturated fractions and scale range per layer and
     # operand, into metrics.jsonl at every evaluation and their run means into summary.json
+    # (observes only: the run computes the same with it on or off)
     telemetry: bool = False
 
 

@@ -150,3 +150,10 @@ def test_eval_forward_is_the_forward_gemm(fmt: str) -> None:
     with torch.no_grad():
         y = model(x)
     assert torch.equal(y, F.linear(fake_quantize(x, fmt), fake_quantize(layer.weight, fmt), layer.bias))
+
+
+def test_convs_the_scaled_step_cannot_pad_are_refused() -> None:
+    from cprec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reflect"):
+        quantized(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"))

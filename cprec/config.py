@@ -15,6 +15,7 @@ from cprec.operand_config import OperandConfig, OperandsConfig
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_BITS = ("max", "current")  # evaluate at the schedule's top forward bits, or CPT's way
 QUANT_FORMATS = ("fixed", "float", "scaled")
+QUANT_KERNELS = ("simulated", "int8", "auto")
 FLOAT_ROUNDING = ("nearest", "stochastic")
 FLOAT_OVERFLOW = ("saturate", "inf")
 # Settings that change where a run writes, how it is shown or how fast it goes, never what it
@@ -113,6 +114,7 @@ class QuantConfig:
     # fixed point: weight/activation grids widened to hold 0 exactly, integer zero point
     # (true); false = CPT's grid, min + k * (max - min) / (2^b - 1) (errors: always CPT's)
     zero_exact: bool = True
+    kernels: str = "simulated"  # GEMMs: simulated (float32) | int8 (integer codes) | auto (int8 if it pays)
     # float formats (format=float)
     exp_bits: int = 5  # format=float: exponent bits of weights/activations
     man_bits: int = 10  # format=float: mantissa bits of weights/activations
@@ -121,13 +123,10 @@ class QuantConfig:
     has_inf: bool = True  # False: the top exponent holds numbers (OCP fp8 E4M3)
     error_exp_bits: int | None = None  # errors in another float format (IEEE-style, with inf)
     error_man_bits: int | None = None  # the errors' mantissa bits (with error_exp_bits)
-    # scaled formats (format=scaled; cprec/quant/recipes.py, docs "Number formats"): the
-    # default spec of all six GEMM operands, then per GEMM and operand what differs
     operand: OperandConfig = field(default_factory=OperandConfig)  # format=scaled: all operands' default
     operands: OperandsConfig = field(default_factory=OperandsConfig)  # format=scaled: per GEMM and operand
-    # format=scaled: SQNR, flushed and saturated fractions and scale range per layer and
-    # operand, into metrics.jsonl at every evaluation and their run means into summary.json
-    # (observes only: the run computes the same with it on or off)
+    # format=scaled: SQNR, flushed/saturated fractions, scale range per layer and operand into
+    # metrics.jsonl at each evaluation, run means into summary.json (observes only: same results)
     telemetry: bool = False
 
 
@@ -169,7 +168,7 @@ class TrainerConfig:
     checkpoint_every: int | None = None  # steps; null = at every evaluation
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # tqdm progress bar
-    threads: int | None = None  # torch CPU threads; null = torch's default
+    threads: int | None = None  # torch CPU threads; null = automatic (shared with other cprec runs)
     # data parallel (cprec/engine/distributed.py, README "Data-parallel training"): processes, one
     # shard of every global batch each; BatchNorm statistics per process unless sync_bn
     devices: int = 1  # data-parallel processes, one shard of every global batch each
@@ -341,6 +340,7 @@ def check_model(m: ModelConfig) -> None:
 
 def check_quant(q: QuantConfig) -> None:
     require_choice("quant.format", q.format, QUANT_FORMATS)
+    require_choice("quant.kernels", q.kernels, QUANT_KERNELS)
     require(1 <= q.exp_bits <= 8, "quant.exp_bits", q.exp_bits, "must be in 1..8")
     require(0 <= q.man_bits <= 23, "quant.man_bits", q.man_bits, "must be in 0..23")
     require((q.error_exp_bits is None) == (q.error_man_bits is None), "quant.error_exp_bits",

@@ -15,6 +15,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_rank(seed: int, rank: int) -> None:
+    """Rank ``rank`` > 0 of a data-parallel group: the global generators re-seeded from (seed,
+    rank) once the model is built (identical on every rank), so each rank draws its own
+    dropout masks; rank 0 keeps one process's stream."""
+    if rank:
+        seed_everything(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+
+
 def rng_state() -> dict:
     """Every global generator's state, for a checkpoint."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(),

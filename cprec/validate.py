@@ -61,14 +61,29 @@ def validate(cfg: TrainConfig) -> None:
     check_loggers(cfg.logger)
     check_root(cfg.dataset)
     check_data_parallel(cfg)
+    check_kernels(cfg)
 
 
 def check_data_parallel(cfg: TrainConfig) -> None:
-    """trainer.devices > 1 shards the in-memory image datasets' batches (engine/data_parallel.py):
-    refused for every other dataset here, before any process starts."""
-    from cprec.tasks.vision import DATASETS
+    """trainer.devices > 1 splits every batch over the processes (engine/data_parallel.py):
+    the image datasets, ImageFolder and the language models. A graph is one batch (the
+    whole graph at every step), so graph runs stay one process; refused before any starts."""
+    from cprec.tasks.families import GRAPH_DATASETS
 
-    require(cfg.trainer.devices == 1 or cfg.dataset.name in DATASETS, "trainer.devices",
-            cfg.trainer.devices, f"data-parallel training shards the batches of the in-memory image "
-            f"datasets ({', '.join(f'dataset={n}' for n in DATASETS)}), not dataset={cfg.dataset.name}; "
-            "use trainer.devices=1")
+    require(cfg.trainer.devices == 1 or cfg.dataset.name not in GRAPH_DATASETS, "trainer.devices",
+            cfg.trainer.devices, f"dataset={cfg.dataset.name} trains the whole graph as one batch "
+            "in one process (a data-parallel graph run needs neighbour-sampled mini-batches, a "
+            "different method: see the docs' Data-parallel training page); use trainer.devices=1")
+
+
+def check_kernels(cfg: TrainConfig) -> None:
+    """quant.kernels=int8 runs CPT's fixed-point quantizer on integer GEMMs: not a float or
+    scaled format, nor a learned precision (its own differentiable quantizer, simulated)."""
+    from cprec.precision.schedules import LEARNED_KINDS
+
+    require(cfg.quant.kernels != "int8" or cfg.quant.format == "fixed", "quant.kernels", cfg.quant.kernels,
+            "integer GEMMs run fixed-point layers; float and scaled formats are simulated: use "
+            "quant.kernels=simulated, or auto (int8 where it applies)")
+    require(cfg.quant.kernels != "int8" or cfg.schedule.kind not in LEARNED_KINDS, "quant.kernels",
+            cfg.quant.kernels, f"schedule={cfg.schedule.name} learns its bits through its own "
+            "quantizer on simulated GEMMs; use quant.kernels=simulated (auto runs it simulated too)")

@@ -4,7 +4,8 @@
    returns bitwise what the reference torch functions return on the same CUDA tensors;
 2. exact resume: a CUDA run SIGTERMed after its first checkpoint and resumed ends with the
    same summary and metrics (timings aside) as an uninterrupted run; with 2+ GPUs, a
-   2-process NCCL run (trainer.devices=2) counts the same GBitOPs as 1 process;
+   2-process NCCL run (trainer.devices=2) counts the same GBitOPs as 1 process, and so do
+   a generated ImageFolder (with SyncBatchNorm too) and the Tiny Shakespeare LSTM;
 3. speed: quantized (static 8/8) vs fp32 step time of ResNet-20 at batch 128
    (scripts/bench_quant.py; target <= 1.05x on an H100), and AMP (bf16, fp16) against fp32
    in samples/s of real `cprec train` runs.
@@ -112,6 +113,38 @@ def check_resume(out: Path) -> list[str]:
     return failures
 
 
+def check_data_parallel(out: Path) -> list[str]:
+    """2 GPUs: ImageFolder (plain and trainer.sync_bn=true) and the LSTM count the GBitOPs of
+    1 GPU (issue 24); figures of the final metric beside them."""
+    if torch.cuda.device_count() < 2:
+        return []
+    from cprec.tasks.imagefolder import generate_folder
+
+    toy = generate_folder(out / "toy", 3, 32, 8, size=(96, 80))
+    kinds = {"imagefolder": ["experiment=imagenet_resnet18", f"dataset.root={toy}", "dataset.image_size=64",
+                             "dataset.resize=73", "trainer.epochs=2", "trainer.batch_size=16"],
+             "lstm": ["experiment=shakespeare_lstm", "trainer.steps=100", "trainer.eval_every=100"]}
+    failures = []
+    for name, args in kinds.items():
+        runs = {"1": [], "2": ["trainer.devices=2"]}
+        if name == "imagefolder":  # BatchNorm: the global batch's statistics
+            runs["2-syncbn"] = ["trainer.devices=2", "trainer.sync_bn=true"]
+        gbitops = {}
+        for label, extra in runs.items():
+            done = cli(["train", *args, *extra, "trainer.device=cuda", "trainer.progress=false",
+                        f"hydra.run.dir={out / f'{name}-{label}'}"], out)
+            if done.returncode != 0:
+                failures.append(f"{name} on {label} GPU(s) failed: {done.stderr[-500:]}")
+                continue
+            s = results(out / f"{name}-{label}")[0]
+            gbitops[label] = s["gbitops"]
+            print(f"{name} {label} GPU(s): GBitOPs {s['gbitops']}, final "
+                  f"{s.get('final_ppl', s.get('final_acc'))}")
+        if len(set(gbitops.values())) > 1:
+            failures.append(f"{name}: 2-GPU GBitOPs differ from 1 GPU: {gbitops}")
+    return failures
+
+
 def check_speed(out: Path) -> None:
     """Quantized/fp32 step-time ratio (bench_quant.py) and AMP samples/s; figures, no verdict."""
     bench = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_quant.py"), "--device", "cuda",
@@ -145,7 +178,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}")
-    failures = check_kernels() + check_resume(out)
+    failures = check_kernels() + check_resume(out) + check_data_parallel(out)
     if not args.skip_speed:
         check_speed(out)
     for failure in failures:

@@ -20,10 +20,8 @@ REFUSED = [
     ["loss_scale=static"],  # fixed-point errors
     ["loss_scale=static", "quant=fp8_e4m3", "schedule=fp32"],
     ["loss_scale=adaptive", "quant=fp8_e4m3", "schedule=static", "quant.quantize_errors=false"],
-    ["loss_scale=dynamic", "quant=fp8_e4m3", "schedule=static", "trainer.devices=2"],
     ["quant=fp8_e4m3"],  # a float format's width is fixed: no cyclic schedule
     ["schedule=ldp", "quant=fp8_e4m3"],
-    ["schedule=ldp", "trainer.devices=2"],
     ["schedule=static", "schedule.bw_min_bits=4"],
     ["trainer.steps=40"],  # 32 one-step cycles
     ["trainer.steps=20"],  # fewer steps than cycles

@@ -112,3 +112,15 @@ def test_the_cycle_finder_finds_a_cycle_and_the_import_walk_sees_lazy_imports() 
     graph = import_graph()
     assert "cprec.engine.trainer" in graph["cprec.cli.train"]  # imported inside a function
     assert "cprec.engine.runs" in graph["cprec.engine.checkpoint"]  # `from cprec.engine import runs`
+
+
+def test_every_subpackage_is_installed() -> None:
+    """pyproject.toml lists packages by hand: a subpackage missing there imports from a
+    checkout (editable install) but not from a wheel."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = PACKAGE.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()

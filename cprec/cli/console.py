@@ -55,6 +55,10 @@ def result_block(summary: dict, run_dir: Path) -> str:
     if summary.get("bits_fw_min") is not None:
         lines.append(f"bits     {bits_line(summary)}")
     lines += [f"warning  {w}" for w in summary.get("warnings") or ()]
+    if len(threads := summary.get("threads") or []) > 1:  # automatic threads that changed
+        lines.append(f"threads  {min(threads)}..{max(threads)}: shared the cores with other cprec "
+                     "runs, so float sums may differ in the last digits from a run alone "
+                     "(trainer.threads=N fixes the count)")
     return "\n".join([*lines, f"run dir  {shown_path(run_dir)}"])
 
 

@@ -51,6 +51,9 @@ def _dispatch(argv: list[str]) -> int:
         print(f"cprec: error: unknown command {command!r}; choose one of {list(COMMANDS)}",
               file=sys.stderr)
         return 2
+    # before torch loads OpenMP: idle pool threads sleep instead of spinning on cores another
+    # process needs (cprec/engine/threads.py); a user's own setting wins
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     module = importlib.import_module(COMMANDS[command][0])
     sys.argv = [f"cprec {command}", *rest]
     return module.main_cli(rest) or 0

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cprec.errors import CprecError
+from cprec.report.costs import modeled_devices, parse_cost
 from cprec.report.tables import ReportError, find_runs, group_runs, write_report
 
 
@@ -21,13 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "run and sweep directories. Runs are grouped by their overrides "
                             "other than the seed; each group shows mean ± sample std over its "
                             "completed runs, and counts its failed or diverged ones.",
-                epilog="writes report.md, report.csv, report.json, accuracy_vs_gbitops.png "
-                       "(language models: perplexity_vs_gbitops.png) and runs/*.png into --out")
+                epilog="writes report.md, report.csv, report.json, accuracy_vs_<cost>.png "
+                       "(language models: perplexity_vs_<cost>.png; <cost> gbitops unless --cost "
+                       "says otherwise) and runs/*.png into --out")
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
                    help="run or sweep directories (searched recursively for summary.json)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: <first DIR>/report)")
     p.add_argument("--no-plots", action="store_true", help="tables only, no PNGs")
+    p.add_argument("--cost", default="gbitops", metavar="COST",
+                   help="the cost of the Pareto front and the plot: gbitops (default), energy "
+                        "(energy_j) or time:<device> (modeled_time_s.<device>, for a device the "
+                        "runs named in cost.devices, e.g. time:h100)")
     return p
 
 
@@ -35,10 +42,11 @@ def main_cli(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
         runs = find_runs(args.dirs)
+        cost = parse_cost(args.cost, modeled_devices([r.summary for r in runs]))
         groups = group_runs(runs)
         out = args.out or args.dirs[0] / "report"
-        text = write_report(groups, runs, args.dirs, out, plots=not args.no_plots)
-    except ReportError as e:
+        text = write_report(groups, runs, args.dirs, out, plots=not args.no_plots, cost=cost)
+    except (ReportError, CprecError) as e:
         print(f"cprec: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. --out not writable

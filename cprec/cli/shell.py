@@ -232,8 +232,11 @@ def finish_sweep(sweep_dir: Path | None, result_file: str | None = "summary.json
 def check_run_dir_free(argv: list[str]) -> None:
     """A single run into a directory another live process trains in ends here, before Hydra
     rewrites anything there (the run itself also holds the lock: runs.RunLock)."""
+    from cprec.engine.distributed import launched_env
     from cprec.engine.runs import busy_error, lock_holder
 
+    if (launched_env() or (0,))[0] != 0:  # a launched group: rank 0 checks (and locks) for all
+        return
     run_dir = arg_value(argv, "hydra.run.dir")
     if run_dir and not wants_multirun(argv) and (pid := lock_holder(Path(run_dir))):
         fail_line(str(busy_error(Path(run_dir).absolute(), pid)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,19 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cprec.cli.shell import is_multirun, output_dir, parallel_threads, run_task, shell_main
+from cprec.cli.shell import (
+    is_multirun,
+    output_dir,
+    parallel_threads,
+    run_task,
+    shell_main,
+    wants_multirun,
+)
+from cprec.cli.usage import wants_help
 from cprec.config import register_schemas
 from cprec.engine.distributed import launched_env
-from cprec.paths import config_dir
+from cprec.errors import fail_line
+from cprec.paths import arg_value, config_dir
 
 register_schemas()
 
@@ -96,6 +106,26 @@ def check_job(cfg) -> None:
     plan_run(cfg)
 
 
+def launched_rank_args(argv: list[str]) -> list[str]:
+    """One rank that torchrun or a SLURM step started: every rank must write into the same
+    run dir (a dated default would differ between ranks), and only rank 0 writes Hydra's
+    ``.hydra/`` there (rank 0 also holds the run dir's lock: engine/distributed.py). Stop
+    signals from the start are stop requests (a rank signalled while it starts ends
+    "interrupted" with the others)."""
+    from cprec.engine.trainer import catch_early_stops
+
+    found = launched_env()
+    if found is None or wants_multirun(argv) or wants_help(argv):
+        return argv
+    if not arg_value(argv, "hydra.run.dir") and not arg_value(argv, "resume"):
+        fail_line(f"hydra.run.dir is required here: the {found[1]} processes the launcher started "
+                  "must share one run dir; add hydra.run.dir=<folder>")
+        sys.exit(2)
+    catch_early_stops()
+    return argv if found[0] == 0 else [*argv, "hydra.output_subdir=null"]
+
+
 def main_cli(argv: list[str]) -> int:
+    argv = launched_rank_args(argv)
     return shell_main(argv, hydra_main, config_name="train", job="train",
                       result_file="summary.json", resumable=True, check=check_job)

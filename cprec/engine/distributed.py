@@ -101,7 +101,10 @@ def run_data_parallel(cfg: TrainConfig, out_dir: Path) -> dict:
                               f"{world} processes: leave trainer.devices out or set it to {world}")
         cfg = replace(cfg, trainer=replace(cfg.trainer, devices=world))
         check_devices(cfg)
-        return rank_main(cfg, out_dir, rank, world, local_rank, outside=True)
+        if rank != 0:
+            return rank_main(cfg, out_dir, rank, world, local_rank, outside=True)
+        with runs.RunLock(out_dir):  # rank 0 holds the run dir, as the launcher does below
+            return rank_main(cfg, out_dir, rank, world, local_rank, outside=True)
 
     with runs.RunLock(out_dir):
         done = runs.completed_summary(out_dir)
@@ -152,8 +155,10 @@ def spawn(cfg: TrainConfig, out_dir: Path) -> None:
 
 @contextmanager
 def forward_signals(ranks: Path) -> Iterator[None]:
-    """SIGTERM/SIGINT to this process go on to the ranks (their pids are files in ``ranks``)."""
+    """SIGTERM/SIGINT to this process go on to the ranks (their pids are files in ``ranks``;
+    a rank not yet started finds the note ``stop`` there)."""
     def forward(signum: int, frame: object) -> None:
+        (ranks / "stop").write_text(str(signum))
         for path in ranks.glob("pid-*"):
             with suppress(ProcessLookupError, ValueError):
                 os.kill(int(path.read_text()), signum)
@@ -188,8 +193,13 @@ def group_error(e: Exception, errors: Path) -> CprecError:
 
 def _worker(cfg: TrainConfig, out_dir: str, errors: str) -> dict:
     """One spawned rank (a fresh interpreter): train, or leave its cprec error for the parent."""
+    from cprec.engine.trainer import catch_early_stops, request_stop
+
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    catch_early_stops()
     Path(errors, f"pid-{rank}").write_text(str(os.getpid()))
+    if (stop := Path(errors, "stop")).is_file():  # signalled before this rank could be told
+        request_stop(int(stop.read_text() or signal.SIGTERM))
     try:
         return rank_main(cfg, Path(out_dir), rank, world, int(os.environ["LOCAL_RANK"]))
     except CprecError as e:

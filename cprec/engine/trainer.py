@@ -27,6 +27,7 @@ from cprec.engine.checkpoint import Checkpointing
 from cprec.engine.loggers import build_sinks
 from cprec.engine.progress import Progress, logs_above_bar
 from cprec.engine.step import StepPlugin, TrainStep
+from cprec.engine.threads import ThreadClaim, ThreadShare
 from cprec.hardware.model import run_hardware_cost
 
 log = logging.getLogger("cprec")
@@ -37,13 +38,30 @@ warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\
 PROGRESS_EVERY = 10  # steps between progress-bar updates and divergence checks
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_EARLY: list[int] = []  # stop signals that arrived before the loop began (catch_early_stops)
+
+
+def catch_early_stops() -> None:
+    """From now on SIGINT/SIGTERM are stop requests: a rank of a data-parallel group still
+    starting (importing, loading data, joining) takes one as a request to stop after its
+    first step, which ends the run "interrupted" on every rank, instead of dying."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: _EARLY.append(signum))
+
+
+def request_stop(signum: int) -> None:
+    """A stop request that reached this process another way (the launcher's note)."""
+    _EARLY.append(signum)
+
+
 @contextmanager
 def stop_requests() -> Iterator[list[int]]:
     """SIGINT/SIGTERM set a flag instead of killing the loop, so it can checkpoint first."""
-    requested: list[int] = []
+    requested: list[int] = list(_EARLY)
     previous = {}
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             previous[sig] = signal.signal(sig, lambda signum, frame: requested.append(signum))
     except ValueError:  # not the main thread (some launchers): keep the defaults
         pass
@@ -260,6 +278,7 @@ def step_plugins(parts: RunParts) -> list[StepPlugin]:
     (numerics/loss_scale.py), learned precision (precision/ldp.py; it sees the unscaled gradients), gradient
     clipping (step.py; it clips the unscaled gradients the optimizer will use), the scaled
     formats' amax histories and telemetry (numerics/scaled_step.py; after the update)."""
+    from cprec.engine.kernel_counts import gemm_count_plugin
     from cprec.engine.step import grad_clip
     from cprec.numerics.amp import build_amp
     from cprec.numerics.loss_scale import build_loss_scaling
@@ -267,7 +286,8 @@ def step_plugins(parts: RunParts) -> list[StepPlugin]:
     from cprec.precision.ldp import ldp_step
 
     plugins = (build_amp(parts), build_loss_scaling(parts), ldp_step(parts),
-               grad_clip(parts.model, parts.cfg.optim.grad_clip), scaled_formats(parts))
+               grad_clip(parts.model, parts.cfg.optim.grad_clip), scaled_formats(parts),
+               gemm_count_plugin(parts.model, parts.cfg.quant.kernels))
     return [p for p in plugins if p is not None]
 
 
@@ -279,5 +299,6 @@ def run_train(cfg: TrainConfig, out_dir: Path) -> dict:
         if done is not None:
             log.info("%s is already completed; not training again", out_dir)
             return done
-        parts = build_run(cfg)
-        return Trainer(parts, out_dir, step_plugins(parts)).run()
+        with ThreadClaim(cfg.trainer.threads) as claim:  # share the cores with other runs
+            parts = build_run(cfg)
+            return Trainer(parts, out_dir, [*step_plugins(parts), ThreadShare(claim)]).run()

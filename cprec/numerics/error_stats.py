@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from cprec.engine.collectives import group_sum
+
 LOSS = "<loss>"  # the consumer of the errors that reach a layer from the loss directly
 
 
@@ -61,9 +63,16 @@ class ErrorCounts:
         return {n: [0, 0, 0] if c is None else [int(v) for v in c.tolist()]
                 for n, c in self.window.items()}
 
-    def fold(self) -> dict[str, Any]:
-        """The window's rates; its counts join the run's and a new window starts."""
+    def _group_window(self) -> dict[str, list[int]]:
+        """The window's counts summed over a data-parallel group (every rank's errors)."""
         window = self._window_ints()
+        flat = group_sum([v for c in window.values() for v in c])
+        return {n: [int(v) for v in flat[3 * i:3 * i + 3]] for i, n in enumerate(window)}
+
+    def fold(self) -> dict[str, Any]:
+        """The window's rates (over the group's errors); its counts join the run's and a new
+        window starts."""
+        window = self._group_window()
         for name, counts in window.items():
             self.run[name] = [a + b for a, b in zip(self.run[name], counts)]
         self.window = dict.fromkeys(self.window)
@@ -71,7 +80,7 @@ class ErrorCounts:
 
     def run_rates(self) -> dict[str, Any]:
         """Rates over the whole run so far (the open window included)."""
-        window = self._window_ints()
+        window = self._group_window()
         return rates({n: [a + b for a, b in zip(c, window[n])] for n, c in self.run.items()})
 
     def state_dict(self) -> dict:

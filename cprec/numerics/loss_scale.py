@@ -10,9 +10,9 @@ division of the weight gradients afterwards, and the fp32 update sees what it wo
 
 - ``static``: s = ``loss_scale.scale`` at every layer.
 - ``dynamic``: s = S(t) with torch.amp.GradScaler's rule: an overflow (a scaled error beyond
-  the format's largest finite value, or not finite) at any layer skips the optimizer step and
-  multiplies S by ``backoff_factor``; ``growth_interval`` clean steps multiply it by
-  ``growth_factor``.
+  the format's largest finite value, or not finite) at any layer (of any rank, data
+  parallel) skips the optimizer step and multiplies S by ``backoff_factor``;
+  ``growth_interval`` clean steps multiply it by ``growth_factor``.
 - ``adaptive`` (Zhao et al., PAPERS.md 4): layer l's error arrives carrying the scale S_prev
   of the layers after it (the loss's own scale for the last ones; where branches join, the
   smallest of theirs: residual_join in the README); l multiplies it by alpha computed from
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from cprec.config import TrainConfig, require, require_choice
+from cprec.engine.collectives import any_rank
 from cprec.engine.step import StepPlugin
 from cprec.numerics.error_stats import LOSS, ErrorCounts, nearest_consumers
 
@@ -56,9 +57,6 @@ def check_loss_scale(cfg: TrainConfig) -> None:
     for key in ("accum_bound", "layer_bound"):
         bound = getattr(ls, key)
         require(bound is None or bound >= 1, f"loss_scale.{key}", bound, "must be >= 1 or null")
-    require(ls.name != "dynamic" or cfg.trainer.devices == 1, "loss_scale", ls.name,
-            "each rank finds overflows in its own errors, so the ranks would skip different "
-            "steps; with trainer.devices > 1 use loss_scale=static or adaptive")
     if ls.name == "none" and not ls.telemetry:
         return
     # before the checks below, whose fixes (a float quant, schedule=static) amp refuses
@@ -269,7 +267,12 @@ class LossScaling(StepPlugin):
         return loss
 
     def before_update(self, optimizer: torch.optim.Optimizer) -> bool:
-        self.overflow = bool(torch.stack(self.flags).any()) if self.flags else False
+        """Skip on an overflow in any layer of any rank (data parallel: one verdict for the
+        group, so every rank skips the same steps and keeps one scale)."""
+        if not self.rule.watches_overflow:
+            return True
+        seen = torch.stack(self.flags).any() if self.flags else torch.tensor(False)
+        self.overflow = bool(any_rank(seen))
         return not self.overflow
 
     def after_update(self, updated: bool) -> None:

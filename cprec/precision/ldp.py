@@ -24,6 +24,7 @@ from torch import nn
 
 from cprec.config import ScheduleConfig
 from cprec.cost import step_bitops
+from cprec.engine.collectives import sum_over_ranks
 from cprec.engine.step import StepPlugin
 from cprec.precision.scheduled import LastLayer, LayerBits
 from cprec.precision.schedules import PrecisionSchedule
@@ -243,6 +244,7 @@ class LearnedPrecision:
         self.p.grad, self.u = None, None
         if not updated:
             return
+        g = sum_over_ranks(g)  # data parallel: the global batch's gradient, the same p everywhere
         magnitude = float(g.abs().mean())
         self.gbar = magnitude if self.gbar is None else 0.9 * self.gbar + 0.1 * magnitude
         shares = torch.tensor(self.control.shares(self.step_bits), dtype=g.dtype, device=g.device)

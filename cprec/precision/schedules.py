@@ -185,18 +185,13 @@ def check_learned(cfg: ScheduleConfig) -> None:
 
 
 def check_learned_format(cfg) -> None:
-    """A learned precision needs fixed point (a float format's width is fixed) and one process
-    (its p gradients are not all-reduced across data-parallel ranks yet)."""
+    """A learned precision needs fixed point (a float format's width is fixed)."""
     from cprec.config import require
 
     if cfg.schedule.kind not in LEARNED_KINDS:
         return
     require(cfg.quant.format == "fixed", "quant.format", cfg.quant.format,
             f"schedule={cfg.schedule.name} learns fixed-point bits per layer; use quant.format=fixed")
-    devices = getattr(cfg.trainer, "devices", 1)
-    require(devices in (None, 1), "trainer.devices", devices,
-            f"schedule={cfg.schedule.name} trains in one process (its per-layer precisions are "
-            "not all-reduced across ranks yet); use trainer.devices=1")
 
 
 def bit_levels(lo: int, hi: int, bw_min_bits: int | None, bw_bits: int) -> int:

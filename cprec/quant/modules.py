@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.quant.fixed import RoundError, quantize_error
+from cprec.quant.int8_layers import int8_forward, uses_int8
 from cprec.quant.quantizers import FULL, FixedPointQuantizer, Quantizer
 
 
@@ -131,6 +132,8 @@ class QConv2d(QuantMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fw_bits < FULL and self.quantizer.per_gemm:
             return self.quantizer.conv2d(self, x)
+        if uses_int8(self) and (out := int8_forward(self, x)) is not None:
+            return out
         rounding = self._error_rounding()
         if (self.fw_bits >= FULL and rounding is None) or not self._one_node_ok(x):
             x, w = self._quantized_inputs(x, self.weight)
@@ -152,6 +155,8 @@ class QLinear(QuantMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fw_bits < FULL and self.quantizer.per_gemm:
             return self.quantizer.linear(self, x)
+        if uses_int8(self) and (out := int8_forward(self, x)) is not None:
+            return out
         x, w = self._quantized_inputs(x, self.weight)
         return self._quantized_output(F.linear(x, w, self.bias))
 

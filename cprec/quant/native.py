@@ -37,6 +37,7 @@ SIGNATURES = {  # the last argument of each: threads; _INT after levels: zero_ex
     "quant_per_channel": [_P, _P, _I64, _I64, _F, _INT, _P, _P, _INT],
     "quant_stochastic": [_P, _P, _I64, _F, _I32, _P, _INT],
     "quant_mx_blocks": [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F, _INT],
+    "grid_codes": [_P, _P, _I64, _F, _F, _F, _INT],  # int8.py: values -> int8/uint8 codes
 }
 F32 = torch.float32
 _lib: ctypes.CDLL | None = None
@@ -207,6 +208,11 @@ def quant_stochastic(g: torch.Tensor, key: torch.Tensor, levels: torch.Tensor) -
 
 
 
+def grid_codes(v: torch.Tensor, lo: float, scale: float, add: float, dtype: torch.dtype) -> torch.Tensor:
+    """Codes round((v - lo) / scale) + add of a contiguous float32 tensor, as int8 or uint8."""
+    out = torch.empty(v.shape, dtype=dtype)
+    _lib.grid_codes(_ptr(v), _ptr(out), v.numel(), lo, scale, add, torch.get_num_threads())
+    return out
 def quant_mx_blocks(x: torch.Tensor, axis: int, block: int, rule: str, elem) -> Tensors:
     """mxblocks.quant_mx_blocks for a spec ``mxblocks.supported`` takes."""
     from cprec.quant.mxblocks import RULE_CODES

@@ -306,3 +306,15 @@ void quant_mx_blocks(const float *x, float *out, int64_t outer, int64_t L, int64
                              top);
     }
 }
+
+/* int8.py's codes of values on a grid lo + k * scale: the byte of
+ * nearbyintf((v - lo) / scale) + add (an integral float in -128..255: int8 or uint8 codes,
+ * the caller's tensor type says which), as torch.round((v - lo) / scale) + add would give. */
+void grid_codes(const float *v, uint8_t *out, int64_t n, float lo, float scale, float add,
+                int threads) {
+    const int32_t count = (int32_t)n;
+#pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN) num_threads(threads)
+    for (int32_t i = 0; i < count; i++) {
+        out[i] = (uint8_t)(int32_t)(nearbyintf((v[i] - lo) / scale) + add);
+    }
+}

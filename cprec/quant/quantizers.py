@@ -85,18 +85,24 @@ class FixedPointQuantizer(Quantizer):
     quantize_errors: bool = True
     act_momentum: float = 0.9
     zero_exact: bool = True
+    kernels: str = "simulated"  # simulated | int8 | auto: the layers' GEMMs (quant/int8_layers.py)
 
     def inputs(self, layer: QuantMixin, x: torch.Tensor, weight: torch.Tensor,
                ste: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs_and_range(layer, x, weight, ste)[:2]
+
+    def inputs_and_range(self, layer: QuantMixin, x: torch.Tensor, weight: torch.Tensor,
+                         ste: bool) -> tuple[torch.Tensor, ...]:
+        """``inputs`` and the activation range its grid was made from: (x_q, w_q, lo, hi)."""
         bits, zero_exact = layer.fw_bits, self.zero_exact
         if layer.training:
             xq, wq, lo, hi = quantize_inputs(x, weight, bits, ste=ste, zero_exact=zero_exact)
             layer.track_range(lo, hi, self.act_momentum)
-            return xq, wq
+            return xq, wq, lo, hi
         if layer.act_seen:
             return quantize_inputs(x, weight, bits, layer.act_lo, layer.act_hi, ste=ste,
-                                   zero_exact=zero_exact)[:2]
-        return quantize_inputs(x, weight, bits, ste=ste, zero_exact=zero_exact)[:2]
+                                   zero_exact=zero_exact)
+        return quantize_inputs(x, weight, bits, ste=ste, zero_exact=zero_exact)
 
     def round_error(self, error: torch.Tensor, bits: int, key: torch.Tensor) -> torch.Tensor:
         return stochastic_round_tensor(error, bits, key)
@@ -187,7 +193,7 @@ def _scaled(cfg: QuantConfig, seed: int = 0) -> Quantizer:
 
 
 def _fixed_point(cfg: QuantConfig) -> Quantizer:
-    return FixedPointQuantizer(cfg.quantize_errors, cfg.act_momentum, cfg.zero_exact)
+    return FixedPointQuantizer(cfg.quantize_errors, cfg.act_momentum, cfg.zero_exact, cfg.kernels)
 
 
 def _float_format(cfg: QuantConfig) -> Quantizer:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from cprec.engine.runs import atomic_write_bytes, read_metrics
+from cprec.report.costs import GBITOPS, Cost
 
 MAX_CURVE_POINTS = 20000  # schedule samples per run plot; plenty for 32 cycles
 
@@ -68,32 +69,32 @@ def _half_ci(row: dict[str, Any], name: str) -> float:
 
 
 def accuracy_vs_cost(rows: list[dict[str, Any]], path: Path, not_completed: int = 0,
-                     metric: str = "acc") -> None:
-    """Final accuracy (``metric="ppl"``: perplexity, lower is better) against GBitOPs per
-    group, error bars the 95% CIs over seeds (report/comparisons.py; none for one run),
-    Pareto front marked."""
-    key, scale = f"final_{metric}", (100 if metric == "acc" else 1)
-    shown = [r for r in rows if r[f"{key}_mean"] is not None and r["gbitops_mean"] is not None]
+                     metric: str = "acc", cost: Cost = GBITOPS) -> None:
+    """Final accuracy (``metric="ppl"``: perplexity, lower is better) against ``cost``
+    (GBitOPs by default; report/costs.py) per group, error bars the 95% CIs over seeds
+    (report/comparisons.py; none for one run), Pareto front marked."""
+    key, scale, x = f"final_{metric}", (100 if metric == "acc" else 1), f"{cost.key}_mean"
+    shown = [r for r in rows if r[f"{key}_mean"] is not None and r.get(x) is not None]
     labels = [_wrap(f"{r['group']} ({r['completed']}/{r['runs']} runs)") for r in shown]
     legend_lines = sum(label.count("\n") + 1 for label in labels) + 1
     fig = Figure(figsize=(8, 4.5 + 0.2 * legend_lines), layout="constrained")
     ax = fig.add_subplot()
     for i, (r, label) in enumerate(zip(shown, labels)):
-        ax.errorbar(r["gbitops_mean"], scale * r[f"{key}_mean"], xerr=_half_ci(r, "gbitops"),
+        ax.errorbar(r[x], scale * r[f"{key}_mean"], xerr=_half_ci(r, cost.key),
                     yerr=scale * _half_ci(r, key), fmt="o", capsize=4, color=f"C{i % 10}",
                     label=label)
-    front = sorted((r["gbitops_mean"], scale * r[f"{key}_mean"]) for r in shown if r["pareto"])
+    front = sorted((r[x], scale * r[f"{key}_mean"]) for r in shown if r["pareto"])
     if front:  # the best accuracy (perplexity) reachable at each cost: a staircase through the front
         xs, ys = zip(*front)
         ax.plot(xs, ys, "--", color="0.4", zorder=0, drawstyle="steps-post")
         ax.scatter(xs, ys, s=220, facecolors="none", edgecolors="k", label="Pareto front")
-    costs = [r["gbitops_mean"] for r in shown if r["gbitops_mean"] > 0]
+    costs = [r[x] for r in shown if r[x] > 0]
     if costs and max(costs) / min(costs) > 10:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, plain numbers
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("training cost (GBitOPs)")
+    ax.set_xlabel(f"training cost ({cost.label})")
     what = "accuracy" if metric == "acc" else "perplexity"
     ax.set_ylabel("final test accuracy (%)" if metric == "acc" else "final test perplexity (lower is better)")
     title = f"final {what} vs training cost (mean and 95% CI over seeds, Student t)"

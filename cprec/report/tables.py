@@ -27,6 +27,7 @@ from cprec.engine.runs import read_metrics, write_text
 from cprec.engine.tracking import TRACKER_DIRS
 from cprec.errors import CprecError
 from cprec.report.comparisons import add_statistics, comparison_markdown
+from cprec.report.costs import GBITOPS, Cost, extra_costs
 from cprec.report.reproduction import (
     PaperFigures,
     baselines,
@@ -92,7 +93,8 @@ class Group:
         for status in NOT_COMPLETED:
             out[status] = sum(r.status == status for r in self.runs)
         out["other"] = len(self.runs) - out["completed"] - sum(out[s] for s in NOT_COMPLETED)
-        for name in (*STATS, *LM_STATS, *SCALING_STATS):
+        costs = [c.key for c in extra_costs([r.summary for r in self.completed])]
+        for name in (*STATS, *LM_STATS, *SCALING_STATS, *costs):
             values = [float(v) for r in self.completed
                       if isinstance(v := r.summary.get(name), int | float) and math.isfinite(v)]
             out[f"{name}_mean"], out[f"{name}_std"] = mean_std(values)
@@ -215,11 +217,11 @@ def headline(stats: dict) -> tuple[str, float | None]:
     return "acc", stats["final_acc_mean"]
 
 
-def mark_pareto(groups: list[Group]) -> None:
+def mark_pareto(groups: list[Group], cost: Cost = GBITOPS) -> None:
     """A group is on the front when no other group of its kind (accuracy, or perplexity) is as
-    good at no more GBitOPs."""
-    points = {id(g): (kind, s["gbitops_mean"], q) for g in groups
-              if (s := g.stats())["gbitops_mean"] is not None
+    good at no more cost (GBitOPs, or the report's --cost)."""
+    points = {id(g): (kind, s[f"{cost.key}_mean"], q) for g in groups
+              if (s := g.stats()).get(f"{cost.key}_mean") is not None
               and (kind := headline(s)[0]) and (q := headline(s)[1]) is not None}
     for g in groups:
         if id(g) not in points:
@@ -239,7 +241,7 @@ def _ci(lo: float | None, hi: float | None, scale: float) -> str:
     return "-" if lo is None else f"[{lo * scale:.2f}, {hi * scale:.2f}]"
 
 
-def markdown(rows: list[dict], runs: list[Run]) -> str:
+def markdown(rows: list[dict], runs: list[Run], cost: Cost = GBITOPS) -> str:
     """The table users read: accuracies in percent, mean ± sample std over seeds."""
     ppl = [s for s in LM_STATS if any(r[f"{s}_mean"] is not None for r in rows)]
     # accuracy columns unless every group is a language model (perplexity columns instead)
@@ -247,7 +249,9 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
     ci = "final_ppl" if ppl and not acc else "final_acc"
     head = ["group", "runs (ok/all)", *[s.replace("_acc", " acc %") for s in acc],
             *[s.replace("_", " ") for s in ppl], ci.replace("final_acc", "final acc %").replace("_", " ")
-            + " 95% CI", "GBitOPs", "rel. cost", "train time s", "Pareto"]
+            + " 95% CI", "GBitOPs", "rel. cost"]
+    extra = [c for c in extra_costs([r.summary for r in runs]) if any(f"{c.key}_mean" in row for row in rows)]
+    head += [c.label for c in extra] + ["train time s", "Pareto"]
     scaling = [s for s in SCALING_STATS if any(r[f"{s}_mean"] is not None for r in rows)]
     head += [s.replace("_", " ") for s in scaling]
     papers = any(r.get("paper") for r in rows)
@@ -262,6 +266,7 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
                  _ci(r.get(f"{ci}_ci_lo"), r.get(f"{ci}_ci_hi"), 100 if ci == "final_acc" else 1),
                  _pm(r["gbitops_mean"], r["gbitops_std"], ".4g"),
                  _pm(r["relative_cost_mean"], r["relative_cost_std"], ".4f"),
+                 *[_pm(r.get(f"{c.key}_mean"), r.get(f"{c.key}_std"), ".4g") for c in extra],
                  _pm(r["train_time_s_mean"], r["train_time_s_std"], ".1f"),
                  "*" if r["pareto"] else ""]
         cells += [_pm(r[f"{s}_mean"], r[f"{s}_std"], ".3g") for s in scaling]
@@ -270,7 +275,8 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
                       r.get("verdict") or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     front = "final accuracy" + (" (language models: final perplexity, lower is better)" if ppl else "")
-    lines += ["", f"mean ± {STD_NOTE}; 95% CI: {CI_NOTE}; * = on the Pareto front of {front} vs GBitOPs."]
+    lines += ["", f"mean ± {STD_NOTE}; 95% CI: {CI_NOTE}; "
+                  f"* = on the Pareto front of {front} vs {cost.label}."]
     if papers:
         sources = sorted({r["paper_source"] for r in rows if r.get("paper")})
         lines += ["", "paper: gains the preset's paper reports (best accuracy in points or best "
@@ -297,8 +303,10 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
 
 
 def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Path,
-                 plots: bool = True) -> str:
-    """Write report.md/.csv/.json (and PNGs) into ``out``; return the markdown table."""
+                 plots: bool = True, cost: Cost = GBITOPS) -> str:
+    """Write report.md/.csv/.json (and PNGs) into ``out``; return the markdown table. The
+    Pareto front and the accuracy-vs-cost plot use ``cost`` (GBitOPs by default)."""
+    mark_pareto(groups, cost)
     out.mkdir(parents=True, exist_ok=True)
     rows = [g.stats() for g in groups]
     params, figures = [g.runs[0].params for g in groups], [g.runs[0].paper for g in groups]
@@ -312,10 +320,11 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
         failed = sum(r.status != "completed" for r in runs)
         lm = [r for r in rows if headline(r)[0] == "ppl"]
         if len(lm) < len(rows) or not lm:
-            plotting.accuracy_vs_cost([r for r in rows if r not in lm], out / "accuracy_vs_gbitops.png",
-                                      not_completed=failed)
+            plotting.accuracy_vs_cost([r for r in rows if r not in lm], out / f"accuracy_vs_{cost.name}.png",
+                                      not_completed=failed, cost=cost)
         if lm:
-            plotting.accuracy_vs_cost(lm, out / "perplexity_vs_gbitops.png", failed, metric="ppl")
+            plotting.accuracy_vs_cost(lm, out / f"perplexity_vs_{cost.name}.png", failed, metric="ppl",
+                                      cost=cost)
         for stale in (out / "runs").glob("*.png"):  # plots of runs no longer reported
             stale.unlink()
         used: set[str] = set()
@@ -334,7 +343,7 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
                 from cprec.report.format_plots import sqnr_heatmap
 
                 sqnr_heatmap(run.summary, run.label, out / "runs" / name.replace(".png", "-sqnr.png"))
-    text = "\n".join(filter(None, [markdown(rows, runs), comparison_markdown(rows),
+    text = "\n".join(filter(None, [markdown(rows, runs, cost), comparison_markdown(rows),
                                    *map(study_markdown, studies)]))
     write_text(out / "report.md", text)
     table = io.StringIO(newline="")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cprec.config import DatasetConfig, TrainConfig
+from cprec.engine.collectives import group_sum
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,50 @@ class Task(ABC):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Items [lo, hi) of ``n`` that ``rank`` of ``world`` takes (a batch's samples, a test
+    set, token streams): as even as possible, the first ``n % world`` ranks one more
+    (``torch.tensor_split``'s rule)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+class ShardableTask(Task):
+    """A task a data-parallel group can split (engine/data_parallel.py): after
+    ``shard(rank, world)`` this process trains only its slice of every global batch (the
+    global batch and its order stay one process's) and evaluates only its slice of the
+    evaluation data. Evaluation sums and window totals are summed over the group
+    (engine/collectives.py; the identity in one process), so every rank reports the
+    metrics of the whole batch and the whole test set."""
+
+    rank, world = 0, 1
+
+    def shard(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    @abstractmethod
+    def batch_share(self) -> tuple[int, int]:
+        """(samples this process trained, samples of the global batch) of the last batch."""
+
+    def batch_samples(self, batch: Any) -> int:
+        return self.batch_share()[1]  # the ledger counts the global batch, on every rank alike
+
+    @abstractmethod
+    def eval_sums(self, model: nn.Module, batch_size: int) -> list[float]:
+        """Additive sums (losses, counts) over this process's slice of the evaluation data."""
+
+    @abstractmethod
+    def metrics_of(self, sums: list[float]) -> dict[str, float]:
+        """Test metrics from the whole group's ``eval_sums``."""
+
+    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
+        return self.metrics_of(group_sum(self.eval_sums(model, batch_size)))
+
+
 class AccuracyWindow(TrainWindow):
-    """Mean loss and accuracy over the samples seen since the last evaluation."""
+    """Mean loss and accuracy over the samples seen since the last evaluation (of the whole
+    data-parallel group: its totals are summed over the ranks)."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -120,11 +163,14 @@ class AccuracyWindow(TrainWindow):
         self.seen += len(y)
 
     def record(self) -> dict[str, float]:
-        return {"train_loss": float(self.loss_sum) / max(self.seen, 1),
-                "train_acc": int(self.correct) / max(self.seen, 1)}
+        loss, correct, seen = group_sum([float(self.loss_sum), int(self.correct), self.seen])
+        return self.record_of(loss, correct, seen)
+
+    def record_of(self, loss_sum: float, correct: float, seen: float) -> dict[str, float]:
+        return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
     def finite(self) -> bool:
-        return bool(torch.isfinite(self.loss_sum))
+        return group_sum([0.0 if torch.isfinite(self.loss_sum) else 1.0])[0] == 0  # any rank's NaN
 
     def state_dict(self) -> dict:
         return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen}

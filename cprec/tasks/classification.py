@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.config import TrainConfig
-from cprec.tasks.base import AccuracyWindow, Task, TaskFamily, eval_mode
+from cprec.tasks.base import AccuracyWindow, ShardableTask, Task, TaskFamily, eval_mode, shard_bounds
 from cprec.tasks.vision import BatchStream, Dataset, build_dataset, dataset_shape, eval_batches
 
 
-class ClassificationTask(Task):
+class ClassificationTask(ShardableTask):
     """Images held in memory, cross-entropy, accuracy."""
 
     def __init__(self, data: Dataset, batch_size: int, seed: int, device: torch.device,
@@ -33,28 +33,34 @@ class ClassificationTask(Task):
         out = model(x)
         return F.cross_entropy(out, y), out
 
-    def batch_samples(self, batch: tuple) -> int:
-        return len(batch[1])
+    def shard(self, rank: int, world: int) -> None:
+        super().shard(rank, world)
+        self.stream.rank, self.stream.world = rank, world
+
+    def batch_share(self) -> tuple[int, int]:
+        return self.stream.local_n, self.stream.global_n
 
     def new_window(self) -> AccuracyWindow:
         return AccuracyWindow(self.device)
 
     @torch.no_grad()
-    def score(self, model: nn.Module, batch_size: int, part: slice = slice(None),
-              dtype: torch.dtype = torch.float32) -> tuple[float, int]:
+    def score(self, model: nn.Module, batch_size: int, part: slice = slice(None)) -> tuple[float, int]:
         """(summed loss, correct predictions) over test samples ``part``, in eval mode."""
         with eval_mode(model):
-            loss_sum, correct = torch.zeros((), device=self.data.x_test.device, dtype=dtype), 0
+            loss_sum, correct = torch.zeros((), device=self.data.x_test.device, dtype=torch.float32), 0
             for x, y in eval_batches(self.data.x_test[part], self.data.y_test[part], batch_size):
                 out = model(x)
                 loss_sum += F.cross_entropy(out, y, reduction="sum")
                 correct += int((out.argmax(1) == y).sum())
         return float(loss_sum), correct
 
-    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
-        loss_sum, correct = self.score(model, batch_size)
+    def eval_sums(self, model: nn.Module, batch_size: int) -> list[float]:
+        lo, hi = shard_bounds(len(self.data.y_test), self.rank, self.world)
+        return list(self.score(model, batch_size, slice(lo, hi)))
+
+    def metrics_of(self, sums: list[float]) -> dict[str, float]:
         n = len(self.data.y_test)
-        return {"test_loss": loss_sum / n, "test_acc": correct / n}
+        return {"test_loss": sums[0] / n, "test_acc": sums[1] / n}
 
     def sample_input(self) -> torch.Tensor:
         return self.data.x_train[:1]

@@ -33,7 +33,7 @@ from torch import nn
 
 from cprec.config import DatasetConfig, TrainConfig
 from cprec.errors import ConfigError, DataError
-from cprec.tasks.base import AccuracyWindow, DatasetInfo, Task, TaskFamily, eval_mode
+from cprec.tasks.base import AccuracyWindow, DatasetInfo, ShardableTask, TaskFamily, eval_mode, shard_bounds
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # used when dataset.mean/std are null
@@ -194,12 +194,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 class EpochBatches:
     """Batch sampler: the batches of every epoch from (epoch, batch) on, without end; items
     are (epoch, index) keys of TrainImages. With ``drop_last`` an epoch's last partial batch
-    is skipped, else trained (smaller)."""
+    is skipped, else trained (smaller). Data parallel: rank r of N yields only its slice of
+    every global batch, so its workers load only those images."""
 
     def __init__(self, n: int, batch_size: int, drop_last: bool, seed: int, epoch: int,
                  batch: int) -> None:
         self.n, self.batch_size, self.drop_last, self.seed = n, batch_size, drop_last, seed
         self.epoch, self.batch = epoch, batch
+        self.rank, self.world = 0, 1
 
     def steps_per_epoch(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
@@ -209,7 +211,9 @@ class EpochBatches:
         while True:
             order = epoch_order(self.n, self.seed, epoch)
             for k in range(start, self.steps_per_epoch()):
-                yield [(epoch, int(i)) for i in order[k * b:(k + 1) * b]]
+                keys = order[k * b:(k + 1) * b]
+                lo, hi = shard_bounds(len(keys), self.rank, self.world)
+                yield [(epoch, int(i)) for i in keys[lo:hi]]
             epoch, start = epoch + 1, 0
 
 
@@ -251,9 +255,9 @@ def _one_line_errors() -> Iterator[None]:
         raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
 
 
-class ImageFolderTask(Task):
-    """Classification over a streamed ImageFolder: cross-entropy, accuracy. Not a
-    ClassificationTask: data-parallel training (which shards in-memory tensors) refuses it."""
+class ImageFolderTask(ShardableTask):
+    """Classification over a streamed ImageFolder: cross-entropy, accuracy; data parallel,
+    each rank streams its slice of every batch and scores its slice of val/."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, batch_size: int) -> None:
         d = cfg.dataset
@@ -273,6 +277,12 @@ class ImageFolderTask(Task):
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.epoch, self.batch = 0, 0  # the position: the next batch is this epoch's batch-th
         self._batches: Iterator | None = None
+        self.share = (0, 0)  # (this rank's, the global batch's) samples of the last batch
+
+    def shard(self, rank: int, world: int) -> None:
+        super().shard(rank, world)
+        self.sampler.rank, self.sampler.world = rank, world
+        self._batches = None
 
     def _batches_of(self, dataset: torch.utils.data.Dataset, **kwargs) -> Iterator:
         """Batches of a DataLoader with its own seeded generator: making the iterator draws the
@@ -296,6 +306,7 @@ class ImageFolderTask(Task):
             self._batches = self._batches_of(self.train_set, batch_sampler=s)
         with _one_line_errors():
             x, y = next(self._batches)
+        self.share = (len(y), min(self.batch_size, self.n_train - self.batch * self.batch_size))
         self.batch += 1
         if self.batch == self.steps_per_epoch:
             self.epoch, self.batch = self.epoch + 1, 0
@@ -305,24 +316,30 @@ class ImageFolderTask(Task):
         out = model(batch[0])
         return F.cross_entropy(out, batch[1]), out
 
-    def batch_samples(self, batch: tuple) -> int:
-        return len(batch[1])
+    def batch_share(self) -> tuple[int, int]:
+        return self.share
 
     def new_window(self) -> AccuracyWindow:
         return AccuracyWindow(self.device)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
-        """val/ in file order, center-cropped, in eval mode; batches of ``batch_size``."""
+    def eval_sums(self, model: nn.Module, batch_size: int) -> list[float]:
+        """(summed loss, correct) over this rank's slice of val/ in file order, center-cropped,
+        in eval mode; batches of ``batch_size``."""
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        lo, hi = shard_bounds(self.n_val, self.rank, self.world)
+        part = torch.utils.data.Subset(self.val_set, range(lo, hi))
         with eval_mode(model), _one_line_errors():
-            for x, y in self._batches_of(self.val_set, batch_size=batch_size, shuffle=False):
+            for x, y in self._batches_of(part, batch_size=batch_size, shuffle=False):
                 y = y.to(self.device, non_blocking=True)
                 out = model(self._normalized(x))
                 loss_sum += F.cross_entropy(out, y, reduction="sum")
                 correct += (out.argmax(1) == y).sum()
-        return {"test_loss": float(loss_sum) / self.n_val, "test_acc": int(correct) / self.n_val}
+        return [float(loss_sum), int(correct)]
+
+    def metrics_of(self, sums: list[float]) -> dict[str, float]:
+        return {"test_loss": sums[0] / self.n_val, "test_acc": sums[1] / self.n_val}
 
     def sample_input(self) -> torch.Tensor:
         return dummy_input(self.info).to(self.device)

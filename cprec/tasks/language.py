@@ -30,7 +30,7 @@ from torch import nn
 
 from cprec.config import DatasetConfig, TrainConfig
 from cprec.errors import ConfigError, DataError
-from cprec.tasks.base import AccuracyWindow, DatasetInfo, Task, TaskFamily, eval_mode
+from cprec.tasks.base import AccuracyWindow, DatasetInfo, ShardableTask, TaskFamily, eval_mode, shard_bounds
 from cprec.tasks.corpora import Corpus, load_corpus
 
 EVAL_STREAMS = 10
@@ -65,8 +65,8 @@ class PerplexityWindow(AccuracyWindow):
         self.correct += (out.argmax(-1) == y).sum()
         self.seen += y.numel()
 
-    def record(self) -> dict[str, float]:
-        record = super().record()
+    def record_of(self, loss_sum: float, correct: float, seen: float) -> dict[str, float]:
+        record = super().record_of(loss_sum, correct, seen)
         return {**record, "train_ppl": _ppl(record["train_loss"])}
 
 
@@ -74,8 +74,10 @@ def _ppl(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
-class LanguageModelTask(Task):
-    """Next-token prediction over token streams with a carried (truncated-BPTT) state."""
+class LanguageModelTask(ShardableTask):
+    """Next-token prediction over token streams with a carried (truncated-BPTT) state. Data
+    parallel: rank r of N trains its share of the B streams (carrying its own state) and
+    scores its share of the evaluation streams."""
 
     metric = "ppl"
     higher_is_better = False
@@ -101,6 +103,11 @@ class LanguageModelTask(Task):
     def batch_size(self) -> int:
         return self.streams
 
+    def shard(self, rank: int, world: int) -> None:
+        super().shard(rank, world)
+        lo, hi = shard_bounds(self.streams, rank, world)
+        self.x, self.y, self.state = self.x[lo:hi], self.y[lo:hi], None
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.index == self.steps_per_epoch:  # a new epoch starts from a fresh state
             self.epoch, self.index, self.state = self.epoch + 1, 0, None
@@ -114,8 +121,8 @@ class LanguageModelTask(Task):
         self.state = None if state is None else state.detach()  # truncated BPTT
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)), out
 
-    def batch_samples(self, batch: tuple) -> int:
-        return batch[0].shape[0]
+    def batch_share(self) -> tuple[int, int]:
+        return len(self.x), self.streams
 
     def new_window(self) -> PerplexityWindow:
         return PerplexityWindow(self.device)
@@ -126,8 +133,11 @@ class LanguageModelTask(Task):
         ``EVAL_STREAMS`` streams from a zero state, every window (the last one shorter)."""
         streams = max(min(EVAL_STREAMS, (len(tokens) - 1) // 2), 1)
         n = (len(tokens) - 1) // streams
-        x = tokens[: streams * n].view(streams, n)
-        y = tokens[1: streams * n + 1].view(streams, n)
+        lo, hi = shard_bounds(streams, self.rank, self.world)  # this rank's streams
+        x = tokens[: streams * n].view(streams, n)[lo:hi]
+        y = tokens[1: streams * n + 1].view(streams, n)[lo:hi]
+        if hi == lo:  # more ranks than evaluation streams: nothing to score here
+            return 0.0, 0, 0
         with eval_mode(model):
             loss_sum = torch.zeros((), device=tokens.device, dtype=torch.float64)
             correct = torch.zeros((), device=tokens.device, dtype=torch.int64)
@@ -138,14 +148,18 @@ class LanguageModelTask(Task):
                 loss_sum += F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1),
                                             reduction="sum")
                 correct += (out.argmax(-1) == target).sum()
-        return float(loss_sum), int(correct), streams * n
+        return float(loss_sum), int(correct), (hi - lo) * n
 
-    def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
+    def eval_sums(self, model: nn.Module, batch_size: int) -> list[float]:
+        """(summed loss, correct, tokens) of every split with tokens to score, in turn."""
+        return [v for split, tokens in self.eval_splits.items() if len(tokens) >= 2
+                for v in self.score(model, tokens)]
+
+    def metrics_of(self, sums: list[float]) -> dict[str, float]:
         result = {}
-        for split, tokens in self.eval_splits.items():
-            if len(tokens) < 2:
-                continue
-            loss_sum, correct, count = self.score(model, tokens)
+        splits = [split for split, tokens in self.eval_splits.items() if len(tokens) >= 2]
+        for i, split in enumerate(splits):
+            loss_sum, correct, count = sums[3 * i:3 * i + 3]
             loss = loss_sum / count
             result |= {f"{split}_loss": loss, f"{split}_ppl": _ppl(loss), f"{split}_acc": correct / count}
         return result

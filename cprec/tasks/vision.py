@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from cprec.config import DatasetConfig
 from cprec.errors import DataError
-from cprec.tasks.base import DatasetInfo
+from cprec.tasks.base import DatasetInfo, shard_bounds
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DATA_ROOT = Path("~/.cache/cprec/data").expanduser()
@@ -264,6 +264,8 @@ class BatchStream:
         self.aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
         self.epoch, self.index = 0, 0
         self.perm = torch.randperm(len(data.y_train), generator=self.order_gen)
+        self.rank, self.world = 0, 1  # data parallel: this process gathers its slice only
+        self.local_n = self.global_n = 0  # samples of the last batch: here, and in all
 
     @property
     def steps_per_epoch(self) -> int:
@@ -271,7 +273,16 @@ class BatchStream:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.gather(self.next_indices())
+        """The next batch (this rank's slice of it; the augmentation draws stay the whole
+        batch's, so the slices together are one process's batch)."""
+        idx = self.next_indices()
+        self.global_n = len(idx)
+        if self.world == 1:
+            self.local_n = len(idx)
+            return self.gather(idx)
+        lo, hi = shard_bounds(len(idx), self.rank, self.world)
+        self.local_n = hi - lo
+        return self.gather(idx[lo:hi], part=(lo, len(idx)))
 
     def next_indices(self) -> torch.Tensor:
         """The next batch's sample indices (CPU), advancing the position."""

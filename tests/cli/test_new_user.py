@@ -61,8 +61,7 @@ def _one_line_refusal(r: subprocess.CompletedProcess, cwd: Path) -> str:
     (["dataset=mnist", "model=mlp", "dataset.download=false", "dataset.root=/nonexistent-cprec"],
      "dataset.root='/nonexistent-cprec' is invalid: train-images-idx3-ubyte(.gz)"),
     # item 14 (and 7): data-parallel LM/graph refused before any process starts, in user words
-    (["dataset=cora", "trainer.devices=2"], "data-parallel training shards the batches of the "
-                                            "in-memory image datasets"),
+    (["dataset=cora", "trainer.devices=2"], "trains the whole graph as one batch in one process"),
 ])
 def test_refused_in_one_line_before_anything_is_written(args: list[str], needle: str,
                                                          tmp_path: Path) -> None:

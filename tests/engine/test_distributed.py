@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cprec.engine.data_parallel import shard_bounds
 from cprec.engine.distributed import check_devices, launched_env
 from cprec.errors import ConfigError
+from cprec.tasks.base import shard_bounds
 from cprec.tasks.vision import random_crop_flip
 from tests.helpers import FAST, read_summary, results, run_cli
 
@@ -194,3 +194,52 @@ def test_slurm_ddp_launcher_composes() -> None:
     launcher = cfg.hydra.launcher
     assert "SlurmLauncher" in launcher._target_
     assert launcher.tasks_per_node == launcher.gpus_per_node == cfg.trainer.devices == 8
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_ranks_start_ends_interrupted(tmp_path: Path) -> None:
+    """SIGTERM to the launching process the moment the ranks exist (still starting Python, not
+    training): every rank ends "interrupted" with a checkpoint, exit 1, not "exit code -15"."""
+    proc = start(["train", *RESUMABLE, "hydra.run.dir=run"], tmp_path)
+    deadline = time.time() + 120
+    while len(ranks_of(proc)) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "interrupted" in stderr and "-15" not in stderr, stderr[-2000:]
+    summary = read_summary(tmp_path / "run")
+    assert summary["status"] == "interrupted" and summary["steps"] >= 1
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`torchrun --standalone --nproc-per-node=2 -m cprec.cli <args>` in its own session."""
+    env = {**os.environ, "CPREC_KERNELS": "reference", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "cprec.cli", *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_torchrun_group_holds_its_run_dir(tmp_path: Path) -> None:
+    """Under torchrun: rank 0 holds the run dir's lock, so a second launch on it is refused in
+    one cprec line while the first trains; only rank 0 wrote .hydra/; a SIGTERM to the
+    first group ends it "interrupted"; a launch without hydra.run.dir is refused."""
+    args = ["train", *[a for a in RESUMABLE if a != "trainer.devices=2"], "trainer.steps=2000"]
+    first = torchrun([*args, "hydra.run.dir=run"], tmp_path)
+    wait_for_checkpoint(tmp_path / "run", first)
+    second = torchrun([*args, "hydra.run.dir=run"], tmp_path)
+    _, stderr = second.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.startswith("cprec: error:")]
+    assert second.returncode != 0 and len(lines) == 1 and "in use by another cprec process" in lines[0]
+    assert first.poll() is None
+    os.killpg(first.pid, signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert read_summary(tmp_path / "run")["status"] == "interrupted"
+    assert sorted(p.name for p in (tmp_path / "run" / ".hydra").iterdir()) == \
+        ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    nodir = torchrun(args, tmp_path)
+    _, stderr = nodir.communicate(timeout=120)
+    assert "hydra.run.dir is required here" in stderr and not (tmp_path / "outputs").exists()

@@ -158,20 +158,3 @@ def test_schedule_preview_refuses_a_learned_schedule(tmp_path) -> None:
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-def test_learned_precision_refuses_data_parallel(compose) -> None:
-    """trainer.devices > 1 with ldp: refused before any work (p is not all-reduced), one
-    process passes; a non-learned schedule is not concerned."""
-    from types import SimpleNamespace
-
-    from cprec.errors import ConfigError
-    from cprec.precision.schedules import check_learned_format
-
-    cfg = compose([*LDP])
-    with pytest.raises(ConfigError, match="trainer.devices"):
-        check_learned_format(SimpleNamespace(schedule=cfg.schedule, quant=cfg.quant,
-                                             trainer=SimpleNamespace(devices=2)))
-    check_learned_format(SimpleNamespace(schedule=cfg.schedule, quant=cfg.quant,
-                                         trainer=SimpleNamespace(devices=1)))
-    static = compose(["schedule=static"])
-    check_learned_format(SimpleNamespace(schedule=static.schedule, quant=static.quant,
-                                         trainer=SimpleNamespace(devices=2)))

@@ -274,20 +274,6 @@ def test_report_pareto_front_of_perplexity_is_lower_is_better(tmp_path: Path) ->
     assert "| final ppl | best ppl |" in table and "| 5.40 ± 0.00 | 5.40 ± 0.00 |" in table
 
 
-@pytest.mark.slow
-def test_cli_refuses_data_parallel_language_models(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = run_cli(["train", "model=lstm", "dataset=tiny_shakespeare", "model.hidden=16",
-                    "dataset.bptt=8", "trainer.devices=2", "trainer.steps=4", "schedule=static",
-                    "trainer.progress=false", f"hydra.run.dir={run_dir}"], tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("cprec: error: trainer.devices=2 is invalid: data-parallel training "
-                                  "shards the batches of the in-memory image datasets")
-    assert "not dataset=tiny_shakespeare; use trainer.devices=1" in proc.stderr
-    assert len(proc.stderr.splitlines()) == 1 and not run_dir.exists()
-    assert not (run_dir / "summary.json").exists()
-
-
 def test_ptb_preset_is_the_classic_recipe(compose) -> None:
     cfg = compose(["experiment=ptb_lstm"])
     m, o, s, t = cfg.model, cfg.optim, cfg.schedule, cfg.trainer

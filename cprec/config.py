@@ -25,7 +25,8 @@ RESULT_NEUTRAL_KEYS = ("resume", "output_root", "logger", "paper", "dataset.root
                        "dataset.download", "dataset.workers", "trainer.progress", "trainer.threads",
                        "trainer.device", "trainer.checkpoint_every", "trainer.dist_timeout_s",
                        "tracking.experiment", "tracking.mlflow_uri", "tracking.wandb_project",
-                       "tracking.wandb_entity", "tracking.wandb_group", "tracking.wandb_mode", "cost.devices")
+                       "tracking.wandb_entity", "tracking.wandb_group", "tracking.wandb_mode", "cost.devices",
+                       "quant.telemetry")
 
 
 @dataclass
@@ -122,12 +123,10 @@ class QuantConfig:
     has_inf: bool = True  # False: the top exponent holds numbers (OCP fp8 E4M3)
     error_exp_bits: int | None = None  # errors in another float format (IEEE-style, with inf)
     error_man_bits: int | None = None  # the errors' mantissa bits (with error_exp_bits)
-    # scaled formats (format=scaled; cprec/quant/recipes.py, docs "Number formats"): the
-    # default spec of all six GEMM operands, then per GEMM and operand what differs
     operand: OperandConfig = field(default_factory=OperandConfig)  # format=scaled: all operands' default
     operands: OperandsConfig = field(default_factory=OperandsConfig)  # format=scaled: per GEMM and operand
-    # format=scaled: SQNR, flushed and saturated fractions and scale range per layer and
-    # operand, into metrics.jsonl at every evaluation and their run means into summary.json
+    # format=scaled: SQNR, flushed/saturated fractions, scale range per layer and operand into
+    # metrics.jsonl at each evaluation, run means into summary.json (observes only: same results)
     telemetry: bool = False
 
 

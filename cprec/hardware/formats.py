@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cprec.config import QuantConfig
+from cprec.quant.elements import FLOAT
 from cprec.quant.quantizers import FULL
+from cprec.quant.recipes import SCALED, layer_recipe
+from cprec.quant.spec import OperandSpec
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,32 @@ def holds(container: OperandFormat, operand: OperandFormat) -> bool:
     return container.kind == "float" and container.exp >= operand.exp and container.man >= operand.man
 
 
+def scaled_format(spec: OperandSpec | None) -> OperandFormat:
+    """A scaled operand's element format, with its scales' storage per element: an E8M0 or
+    E4M3 scale (8 bits) per block, an fp32 one per block or tile; a per-tensor scale (and a
+    per-row one, whose row length the recipe does not know) counts as free. None (a GEMM
+    kept in high precision): fp32."""
+    if spec is None:
+        return FP32
+    elem = spec.element
+    group = {"block": spec.block_size, "tile": spec.tile[0] * spec.tile[1] if spec.tile else 0}
+    size = group.get(spec.granularity, 0)
+    scale_bits = (32 if spec.scale == "fp32" else 8) / size if size else 0.0
+    if elem.kind == FLOAT:
+        return OperandFormat("float", elem.bits, elem.exp_bits, elem.man_bits, scale_bits)
+    return OperandFormat("int", elem.bits, scale_bits=scale_bits)
+
+
 def layer_formats(quant: QuantConfig, fw_bits: int, bw_bits: int) -> tuple[OperandFormat, OperandFormat]:
     """(forward operands' format, errors' format) of a layer at ``fw_bits``/``bw_bits``: the
     weights and activations are at the forward one in all three GEMMs (quantized once, as
-    cprec's fixed-point and float layers do), the error dY at the backward one."""
+    cprec's fixed-point and float layers do), the error dY at the backward one. A scaled
+    recipe (quant.format=scaled): the forward GEMM's activation x and the input-gradient
+    GEMM's dY, each with its scales' storage."""
+    if quant.format == SCALED and fw_bits < FULL:
+        recipe = layer_recipe(quant)
+        return (scaled_format(recipe.operand("forward", "x")),
+                scaled_format(recipe.operand("input_grad", "dy")) if bw_bits < FULL else FP32)
     if quant.format == "float" and fw_bits < FULL:
         fw = OperandFormat("float", 1 + quant.exp_bits + quant.man_bits, quant.exp_bits, quant.man_bits)
         e, m = (quant.error_exp_bits, quant.error_man_bits) if quant.error_exp_bits is not None \

@@ -18,7 +18,7 @@ from cprec.config import TrainConfig
 from cprec.engine import runs
 from cprec.engine.build import ModelParts, build_model_parts
 from cprec.engine.step import TrainStep, grad_clip
-from cprec.errors import CprecError
+from cprec.errors import ConfigError, CprecError
 from cprec.paths import prt_result_path
 from cprec.precision.bounds import model_id
 from cprec.quant import layer_bits, set_precision
@@ -70,6 +70,9 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
     from cprec.report.plots import prt_curve
 
     p = cfg.prt
+    if cfg.quant.format == "scaled":  # before any data loads
+        raise ConfigError("quant.format", "scaled", "the precision range test varies fixed-point "
+                          "bits; a scaled recipe's widths are its element formats'. Use quant=fixed")
     parts = build_model_parts(cfg, p.batch_size)
     step = TrainStep(parts.task, parts.model, parts.optimizer,
                      [c for c in [grad_clip(parts.model, cfg.optim.grad_clip)] if c is not None])

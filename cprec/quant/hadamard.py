@@ -65,8 +65,9 @@ class RandomHadamard:
         moved = x.movedim(axis, -1)
         length = moved.shape[-1]
         full = length - length % self.n
-        head = (moved[..., :full].reshape(*moved.shape[:-1], full // self.n, self.n) @ m)
-        head = head.reshape(*moved.shape[:-1], full)
+        # one (runs, n) @ (n, n) product: a batched matmul of a non-contiguous view would
+        # copy M once per batch element
+        head = (moved[..., :full].reshape(-1, self.n) @ m).reshape(*moved.shape[:-1], full)
         out = torch.cat([head, moved[..., full:]], -1) if full < length else head
         return out.movedim(-1, axis)
 

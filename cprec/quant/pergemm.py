@@ -25,7 +25,11 @@ view of the NCHW tensor; rows (one scale per channel) and 2-D tiles span all N*H
 positions of a channel. A block that does not fill (16 or 3 channels with blocks of 32,
 a last partial block) is padded with zeros inside the block (blocks.py): a documented
 choice, not an error. Grouped and
-depthwise convs are blocked along the channels as well (across groups).
+depthwise convs are blocked along the channels as well (across groups). The Hadamard
+transform (nvfp4's weight gradient) rotates each operand along its own positions, quantizes
+and rotates back (exactly, hadamard.py): for a conv the taps shift x's positions against
+dY's, so the rotations are not the GEMM's shared one; each operand is still quantized in a
+rotated basis, which is what the transform is for.
 
 Bias gradients (a sum, no GEMM) stay in high precision. A GEMM marked ``high_precision``
 takes the unquantized tensors. Nothing is ever quantized twice: each quantization reads

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cprec.config import QuantConfig
+from cprec.errors import ConfigError
 from cprec.quant.fixed import (
     RoundError,
     StraightThrough,
@@ -158,6 +159,11 @@ class ScaledQuantizer(Quantizer):
         return recipe_widths(self.recipe)
 
     def attach(self, layer: QuantMixin, name: str, index: int) -> None:
+        mode, padding = getattr(layer, "padding_mode", "zeros"), getattr(layer, "padding", 0)
+        if mode != "zeros" or isinstance(padding, str):
+            raise ConfigError("quant.format", "scaled", f"layer {name} pads with "
+                              f"{mode!r} / {padding!r}; the scaled convolution "
+                              "takes zero padding given in pixels")
         layer.gemms = LayerGemms(self.recipe, self.seed + HADAMARD_STRIDE * (index + 1),
                                  self.telemetry)
         layer.gemms.check_tiles(name, layer.weight, getattr(layer, "groups", 1))

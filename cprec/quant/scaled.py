@@ -95,24 +95,26 @@ def quantize_operand(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
             and spec.rounding == "nearest" and supported(elem, spec.rule)):
         return kernel(quant_mx_blocks)(x.detach().float().contiguous(), axis, spec.block_size,
                                        spec.rule, elem)[0]
-    return quantize_with_scales(x, spec, axis, generator, state, key)[0]
+    return quantize_with_scales(x, spec, axis, generator, state, key, scales=False)[0]
 
 
 def quantize_with_scales(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
                          generator: torch.Generator | None = None,
-                         state: OperandState | None = None, key: torch.Tensor | None = None
+                         state: OperandState | None = None, key: torch.Tensor | None = None,
+                         scales: bool = True
                          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(result, groups, scale)``: ``quantize_operand``'s result, and for telemetry the
     groups of (the transformed) ``x`` and each group's dequantization factor (the value
     of one element unit: E8M0 X, NVFP4's block scale times the tensor scale, 1 / s of an
-    fp32 scale), broadcastable to ``groups``; both None for a plain cast or fixed point."""
+    fp32 scale), broadcastable to ``groups``; both None for a plain cast or fixed point,
+    and the scale None unless ``scales`` (spares NVFP4 a pass over the tensor)."""
     x = x.detach().float()
     if spec.hadamard:
         rht = state.hadamard if state is not None and state.hadamard is not None \
             else RandomHadamard(0)
         inner = OperandSpec(**{**spec.__dict__, "hadamard": False})
         out, groups, scale = quantize_with_scales(rht.transform(x, axis), inner, axis,
-                                                  generator, state, key)
+                                                  generator, state, key, scales)
         return rht.inverse(out, axis), groups, scale
     elem = spec.element
     if spec.rounding == "stochastic" and key is None:
@@ -126,9 +128,11 @@ def quantize_with_scales(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
         return restore(round_fixed(groups, elem.bits, key, dim)), None, None
     if spec.scale == "e8m0":
         out, codes = quantize_e8m0(groups, elem, spec.rule, key, dim)
-        return restore(out), groups, e8m0_values(codes)
+        return restore(out), groups, e8m0_values(codes) if scales else None
     if spec.scale == "e4m3":
         out, block = quantize_e4m3(groups, elem, key, dim)
+        if not scales:
+            return restore(out), groups, None
         per_tensor = groups.abs().amax() / (E4M3_MAX * elem.max_value)
         return restore(out), groups, block * torch.where(per_tensor == 0, 1.0, per_tensor)
     if spec.amax == "delayed":
@@ -138,7 +142,7 @@ def quantize_with_scales(x: torch.Tensor, spec: OperandSpec, axis: int = -1,
         scale = state.amax.scale
     else:
         scale = fp32_scales(groups.abs().amax(dim=dim, keepdim=True), elem, spec.pow2)
-    return restore(quantize_fp32(groups, elem, scale, key)), groups, 1.0 / scale
+    return restore(quantize_fp32(groups, elem, scale, key)), groups, 1.0 / scale if scales else None
 
 
 def operand_spec(fmt: str | OperandSpec, scale_rule: str = "floor", **spec: Any) -> OperandSpec:

@@ -339,6 +339,10 @@ def write_report(groups: list[Group], runs: list[Run], dirs: list[Path], out: Pa
 
                 layer_bits_heatmap(run.path, run.summary, run.label,
                                    out / "runs" / name.replace(".png", "-layer_bits.png"))
+            if "quant_telemetry" in run.summary:  # a scaled recipe's per-operand SQNR
+                from cprec.report.format_plots import sqnr_heatmap
+
+                sqnr_heatmap(run.summary, run.label, out / "runs" / name.replace(".png", "-sqnr.png"))
     text = "\n".join(filter(None, [markdown(rows, runs, cost), comparison_markdown(rows),
                                    *map(study_markdown, studies)]))
     write_text(out / "report.md", text)

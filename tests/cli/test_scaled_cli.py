@@ -47,3 +47,9 @@ def test_recipes_that_cannot_apply_are_refused_in_one_line(tmp_path: Path, args:
     assert needle in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
+
+
+def test_the_range_test_refuses_a_scaled_recipe(tmp_path: Path) -> None:
+    out = run_cli(["prt", "quant=mxfp8", "schedule=static", "model=mlp"], tmp_path)
+    assert out.returncode == 2 and "quant.format='scaled' is invalid" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "outputs").exists()

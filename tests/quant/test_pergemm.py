@@ -92,6 +92,7 @@ def along_positions(t: torch.Tensor, fmt: str) -> torch.Tensor:
 
 def test_weight_grad_rows_span_every_image() -> None:
     """fp8 rowwise: one scale per input channel over all N*H*W positions."""
+    torch.manual_seed(0)
     conv = nn.Conv2d(4, 4, 1, bias=False)
     x = torch.randn(2, 4, 3, 3)
     x[1, 0] *= 1000  # image 1's channel 0 sets channel 0's row scale for image 0 too
@@ -100,11 +101,12 @@ def test_weight_grad_rows_span_every_image() -> None:
     quantized(conv, LayerRecipe.uniform("fp8_e4m3_row"))(x).backward(dy)
     rows = lambda t: fake_quantize(t.transpose(0, 1).reshape(4, -1), "fp8_e4m3_row")  # noqa: E731
     expect = rows(dy) @ rows(x.detach()).T
-    torch.testing.assert_close(conv.weight.grad.reshape(4, 4), expect, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad.reshape(4, 4), expect, rtol=1e-5, atol=1e-5)  # sum order
 
 
 def test_conv_axes_are_channels_then_batch_x_space() -> None:
     """forward along C_in (x per pixel, W per tap), dX along C_out, dW along N*H*W."""
+    torch.manual_seed(0)
     conv = nn.Conv2d(48, 40, 3, padding=1, bias=True)
     x = torch.randn(3, 48, 6, 6).mul(torch.logspace(-3, 3, 48)[None, :, None, None])
     x.requires_grad_()
@@ -115,10 +117,10 @@ def test_conv_axes_are_channels_then_batch_x_space() -> None:
     q, xd = fake_quantize, x.detach()
     assert torch.equal(y, F.conv2d(q(xd, FMT, axis=1), q(w, FMT, axis=1), conv.bias, padding=1))
     gx = torch.nn.grad.conv2d_input(x.shape, q(w, FMT, axis=0), q(dy, FMT, axis=1), padding=1)
-    torch.testing.assert_close(x.grad, gx, rtol=0, atol=1e-5)
+    torch.testing.assert_close(x.grad, gx, rtol=1e-5, atol=1e-5)  # sum order
     gw = torch.nn.grad.conv2d_weight(along_positions(xd, FMT), w.shape, along_positions(dy, FMT),
                                      padding=1)
-    torch.testing.assert_close(conv.weight.grad, gw, rtol=0, atol=1e-4)
+    torch.testing.assert_close(conv.weight.grad, gw, rtol=1e-5, atol=1e-4)
     assert torch.equal(conv.bias.grad, dy.sum((0, 2, 3)))
 
 
@@ -148,3 +150,10 @@ def test_eval_forward_is_the_forward_gemm(fmt: str) -> None:
     with torch.no_grad():
         y = model(x)
     assert torch.equal(y, F.linear(fake_quantize(x, fmt), fake_quantize(layer.weight, fmt), layer.bias))
+
+
+def test_convs_the_scaled_step_cannot_pad_are_refused() -> None:
+    from cprec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reflect"):
+        quantized(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"))

@@ -33,9 +33,11 @@ from cprec import cost
 from cprec.config import QuantConfig, ScheduleConfig, check_bits, check_quant, require_choice
 from cprec.errors import ConfigError, CprecError
 from cprec.paths import config_dir
+from cprec.precision.ladder import check_fits_quant, parse_ladder
 from cprec.precision.schedules import PrecisionSchedule, build_schedule, check_schedule
 from cprec.quant import QuantRNG, build_quantizer, layer_bits, quant_layers, quantize_model
 from cprec.quant import set_precision as _set_layers
+from cprec.quant.recipes import ladder_recipes
 from cprec.quant.scaled import fake_quantize as _fake_quantize
 
 __all__ = ["CostLedger", "Schedule", "fake_quantize", "quantize", "schedule", "set_precision"]
@@ -61,19 +63,25 @@ def _typed(schema: type[Options], group: str, base: dict[str, Any], options: dic
                           str(e.msg).splitlines()[0]) from None
 
 
-def quantize(model: nn.Module, seed: int = 0, **quant_options: Any) -> nn.Module:
+def quantize(model: nn.Module, seed: int = 0, ladder: list | None = None,
+             bw_ladder: list | None = None, **quant_options: Any) -> nn.Module:
     """Swap ``model``'s Conv2d/Linear layers for cprec's quantized ones, in place; return it.
 
     Keyword arguments are the ``quant.*`` keys (``format``, ``quantize_first``,
     ``quantize_last``, ``keep_full``, ``exp_bits`` ...), CPT's defaults otherwise: fixed point,
     first layer quantized, final classifier in full precision. ``seed`` seeds stochastic
-    rounding of the errors (`cprec train` uses its run seed the same way). Layers start at
-    32/32 bits (full precision) until `set_precision` is called.
+    rounding of the errors (`cprec train` uses its run seed the same way). ``ladder`` /
+    ``bw_ladder``: the formats a schedule over a ladder of formats will set (with
+    ``format="scaled"``; docs "Ladders"), so the layers switch format with the bits. Layers
+    start at 32/32 bits (full precision) until `set_precision` is called.
     """
     cfg = _typed(QuantConfig, "quant", {}, quant_options)
     check_quant(cfg)
-    return quantize_model(model, build_quantizer(cfg, seed), QuantRNG(seed + 7919), cfg.quantize_first,
-                          cfg.quantize_last, cfg.keep_full)
+    fw, bw = parse_ladder(ladder, "ladder"), parse_ladder(bw_ladder, "bw_ladder")
+    for key, rungs in (("ladder", fw), ("bw_ladder", bw)):
+        check_fits_quant(rungs, key, cfg.format)
+    return quantize_model(model, build_quantizer(cfg, seed, ladder_recipes(cfg, fw, bw)),
+                          QuantRNG(seed + 7919), cfg.quantize_first, cfg.quantize_last, cfg.keep_full)
 
 
 def fake_quantize(x: torch.Tensor, fmt: str, axis: int = -1, scale_rule: str = "floor",

@@ -34,7 +34,6 @@ class ModelConfig:
     name: str = "resnet20"  # the model registry name (conf/model/<name>.yaml)
     width: int = 16  # channels of the first stage (CIFAR ResNets, lenet scale)
     hidden: int = 256  # hidden units (mlp, gcn, sage); embedding = hidden units (lstm, transformer_lm)
-    # language models (cprec/models/lstm.py, transformer_lm.py)
     layers: int = 2  # LSTM layers / Transformer blocks
     dropout: float = 0.0  # lstm, transformer_lm; gcn, sage: before each layer
     tied: bool = True  # decoder weight tied to the embedding
@@ -49,8 +48,7 @@ class DatasetConfig:
     train_subset: int | None = None  # keep the first N training samples
     test_subset: int | None = None  # keep the first N test samples
     augment: bool = False  # random crop (padding 4) + horizontal flip, batched on device
-    # augment: pad the raw image (black border, CPT's torchvision pipeline) instead of the
-    # normalised one (zeros = the mean colour)
+    # augment: pad the raw image (black border, CPT's pipeline), not the normalised one
     pad_before_normalize: bool = False
     mean: list[float] | None = None  # per-channel mean; null (with std) = the training set's own
     std: list[float] | None = None  # per-channel std; null (with mean) = the training set's own
@@ -85,8 +83,12 @@ class ScheduleConfig:
     ties: str = "exact"  # rint of the exact value | float: of the float64 value, as their code
     bounds: str = "auto"  # auto | prt | config
     deficit_steps: int = 0  # deficit: steps at min_bits before switching to max_bits
-    # learned precision (ldp, cpt_ldp; cprec/precision/ldp.py, README "Learnable dynamic precision"):
-    # training cost per step as a fraction of the same step at max_bits / bw_bits
+    # rungs to move over instead of min_bits..max_bits: widths or formats ([mxfp4, mxfp8])
+    ladder: list[Any] | None = None
+    bw_ladder: list[Any] | None = None  # the errors' own ladder (null: they stay at one format)
+    steps_at: list[float] | None = None  # stepped: fractions of the run where it climbs a rung
+    before_lr_decay: bool = False  # stepped: climb at the lr milestones (optim.milestones)
+    # learned precision (ldp, cpt_ldp; cprec/precision/ldp.py)
     target_cost: float = 0.6  # ldp: training cost per step as a fraction of the step at max_bits/bw_bits
     p_init: float = 0.0  # initial p_l in [0, 1] (ldp: 0 = min_bits; cpt_ldp: 0.5 = no offset)
     p_lr: float = 0.05  # SGD on the (normalised) precision gradients
@@ -180,14 +182,13 @@ class TrainerConfig:
 class PrtConfig:
     start_bits: int = 2  # the first bit level the test trains at
     max_bits: int = 16  # the test stops at this many bits at the latest
-    # steps_per_bits, smoothing, batch_size: calibrated over 5 seeds on digits and Fashion-MNIST
-    # (README "PRT calibration", scripts/prt_calibration.py): the lower bound repeats on 5/5
-    # seeds at 1.2% of the default digits run's BitOPs; fewer steps (10) split Fashion-MNIST 3/2
+    # steps_per_bits, smoothing, batch_size: calibrated over 5 seeds (scripts/prt_calibration.py)
     steps_per_bits: int = 20  # training steps at each bit level
     threshold: float = 0.05  # accuracy gain over the level below that marks convergence
     upper_bits: Any = 8  # an int, or "auto": where the gain drops below threshold again
     smoothing: int = 10  # training accuracy averaged over this many last steps of a level
     batch_size: int = 32  # small batches: many noisy steps cost little next to the run
+    ladder: list[Any] | None = None  # rungs to test instead of start_bits..max_bits (widths or formats)
 
 
 @dataclass

@@ -22,9 +22,10 @@ def config_dir() -> str:
     raise FileNotFoundError(f"cprec configs not found next to {package}; reinstall cprec")
 
 
-def prt_result_path(output_root: str | Path, model: str, dataset: str) -> Path:
-    """The file that `cprec prt` writes and CPT runs read bounds from (DESIGN.md contract)."""
-    return Path(output_root) / "prt" / f"{model}-{dataset}.json"
+def prt_result_path(output_root: str | Path, model: str, dataset: str, formats: bool = False) -> Path:
+    """The file that `cprec prt` writes and CPT runs read bounds from (DESIGN.md contract);
+    a range test over a ladder of formats has its own (``<model>-<dataset>.formats.json``)."""
+    return Path(output_root) / "prt" / f"{model}-{dataset}{'.formats' if formats else ''}.json"
 
 
 def output_root(argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from cprec.hardware.devices import check_devices
 from cprec.numerics.amp import check_amp
 from cprec.numerics.loss_scale import check_loss_scale
 from cprec.numerics.optim import check_optim
+from cprec.precision.ladder import check_ladders
 from cprec.precision.schedules import check_learned_format, check_schedule
 from cprec.quant.recipes import check_scaled
 from cprec.tasks.vision import check_root
@@ -52,6 +53,7 @@ def validate(cfg: TrainConfig) -> None:
     check_optim(cfg.optim)
     check_schedule(cfg.schedule)
     check_learned_format(cfg)
+    check_ladders(cfg)
     check_quant(cfg.quant)
     check_scaled(cfg)
     check_prt(cfg.prt)

@@ -69,6 +69,9 @@ def bits_line(summary: dict) -> str:
 
     text = (f"forward {span(summary.get('bits_fw_min'), summary.get('bits_fw_max'))}, backward "
             f"{span(summary.get('bits_bw_min', summary.get('bits_bw')), summary.get('bits_bw'))}")
+    steps = summary.get("steps_per_format")  # a ladder: the steps each rung trained
+    if steps:
+        text += "; " + ", ".join(f"{name} {n}" for name, n in steps["forward"].items()) + " steps"
     source = summary.get("bounds_source")
     return text + (f"  bounds from {source}" if source else "")
 

@@ -24,7 +24,9 @@ def hydra_main(cfg: DictConfig) -> None:
 
         result = run_prt(typed, out_dir)
         print(format_curve(result))
-        print(f"bounds {result['lower_bits']}..{result['upper_bits']} bits "
+        ends = (f"{result['lower_format']}..{result['upper_format']}" if "lower_format" in result
+                else f"{result['lower_bits']}..{result['upper_bits']} bits")
+        print(f"bounds {ends} "
               f"({result['steps']} steps, {result['gbitops']:.4g} GBitOPs) -> {result['path']}")
         return result
 

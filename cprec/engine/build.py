@@ -19,10 +19,12 @@ from cprec.errors import ConfigError
 from cprec.models import build_model, check_model_fits
 from cprec.numerics.optim import build_lr_scheduler, build_optimizer
 from cprec.precision.bounds import resolve_bounds
+from cprec.precision.ladder import Ladder, run_ladders
 from cprec.precision.ldp import learned_precision
 from cprec.precision.scheduled import ScheduledPrecision, last_layer_rule
 from cprec.precision.schedules import PrecisionSchedule, build_schedule
 from cprec.quant import QuantRNG, build_quantized, format_bits
+from cprec.quant.recipes import ladder_recipes
 from cprec.rng import seed_everything
 from cprec.tasks.base import Task
 from cprec.tasks.families import build_task, task_family, task_shape
@@ -92,7 +94,8 @@ def plan_run(cfg: TrainConfig, n_train: int | None = None,
     prefix = probe_steps(cfg.schedule)
     steps = total_steps(cfg.trainer, n_train) + prefix
     lo, hi, source = bounds or resolve_bounds(cfg)
-    schedule = build_schedule(cfg.schedule, steps, (lo, hi), format_bits(cfg.quant))
+    milestones = cfg.optim.milestones if cfg.optim.lr_schedule == "multistep" else None
+    schedule = build_schedule(cfg.schedule, steps, (lo, hi), format_bits(cfg.quant), milestones)
     return RunPlan(steps, schedule, source, prefix)
 
 
@@ -109,11 +112,13 @@ class ModelParts:
     optimizer: torch.optim.Optimizer
 
 
-def build_model_parts(cfg: TrainConfig, batch_size: int) -> ModelParts:
+def build_model_parts(cfg: TrainConfig, batch_size: int,
+                      ladders: tuple[Ladder | None, Ladder | None] | None = None) -> ModelParts:
     """Seed, load the task's data, build and quantize the model, measure its MACs.
 
-    The order is part of the result: the seed comes first, then the data, then the model's
-    initialization draws from the seeded generator.
+    ``ladders`` (forward, errors') are the rungs the layers may be set to (default: the
+    schedule's). The order is part of the result: the seed comes first, then the data,
+    then the model's initialization draws from the seeded generator.
     """
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -121,7 +126,8 @@ def build_model_parts(cfg: TrainConfig, batch_size: int) -> ModelParts:
     seed_everything(cfg.seed)
     check_model_fits(cfg.model.name, cfg.dataset.name)  # every family, before its data loads
     task = build_task(cfg, device, batch_size)
-    model, qrng = build_quantized(build_model(cfg.model, task.info), cfg.quant, cfg.seed)
+    rungs = ladder_recipes(cfg.quant, *(ladders or run_ladders(cfg)))
+    model, qrng = build_quantized(build_model(cfg.model, task.info), cfg.quant, cfg.seed, rungs)
     model.to(device).train()
     ledger = CostLedger(measure_macs(model, task.sample_input()))
     return ModelParts(cfg, device, task, model, qrng, ledger, build_optimizer(model, cfg.optim, cfg.seed))

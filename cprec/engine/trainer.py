@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,8 @@ from cprec.engine.progress import Progress, logs_above_bar
 from cprec.engine.step import StepPlugin, TrainStep
 from cprec.engine.threads import ThreadClaim, ThreadShare
 from cprec.hardware.model import run_hardware_cost
+from cprec.precision.ladder import run_ladders, steps_per_format
+from cprec.quant.recipes import ladder_recipes
 
 log = logging.getLogger("cprec")
 # A step plugin may veto an optimizer step (dynamic loss scaling skips an overflowing one);
@@ -234,7 +236,8 @@ def run_summary(trainer: Trainer, status: str, last: dict | None) -> dict:
         "quant_format": cfg.quant.format, "device": str(p.device),
         "params": sum(t.numel() for t in trainer.model.parameters()),
         "macs_per_sample": sum(p.ledger.macs.values()),
-        "schedule_spec": asdict(schedule), **trainer.train_step.summary(),
+        "schedule_spec": schedule.spec(), **trainer.train_step.summary(),
+        **({"steps_per_format": steps_per_format(schedule, loop.step)} if schedule.ladder else {}),
         **_hardware_cost(trainer),
         **({"warnings": warnings} if (warnings := run_warnings(p)) else {}),
     }
@@ -243,8 +246,9 @@ def run_summary(trainer: Trainer, status: str, last: dict | None) -> dict:
 def _hardware_cost(trainer: Trainer) -> dict[str, float]:
     """energy_j and modeled_time_s.<device> (cprec/hardware/) of the steps trained."""
     shapes = measure_shapes(trainer.model, trainer.task.sample_input())
-    return run_hardware_cost(trainer.parts.ledger, shapes, trainer.cfg.quant, trainer.loop.step,
-                             trainer.cfg.cost.devices)
+    cfg = trainer.cfg
+    return run_hardware_cost(trainer.parts.ledger, shapes, cfg.quant, trainer.loop.step,
+                             cfg.cost.devices, ladder_recipes(cfg.quant, *run_ladders(cfg)))
 
 
 def run_warnings(parts: RunParts) -> list[str]:

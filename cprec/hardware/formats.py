@@ -86,14 +86,16 @@ def scaled_format(spec: OperandSpec | None) -> OperandFormat:
     return OperandFormat("int", elem.bits, scale_bits=scale_bits)
 
 
-def layer_formats(quant: QuantConfig, fw_bits: int, bw_bits: int) -> tuple[OperandFormat, OperandFormat]:
+def layer_formats(quant: QuantConfig, fw_bits: int, bw_bits: int,
+                  rungs: dict | None = None) -> tuple[OperandFormat, OperandFormat]:
     """(forward operands' format, errors' format) of a layer at ``fw_bits``/``bw_bits``: the
     weights and activations are at the forward one in all three GEMMs (quantized once, as
     cprec's fixed-point and float layers do), the error dY at the backward one. A scaled
     recipe (quant.format=scaled): the forward GEMM's activation x and the input-gradient
-    GEMM's dY, each with its scales' storage."""
+    GEMM's dY, each with its scales' storage; on a ladder of formats (``rungs``, by widths),
+    the recipe of the rungs the bits stand for."""
     if quant.format == SCALED and fw_bits < FULL:
-        recipe = layer_recipe(quant)
+        recipe = (rungs or {}).get((fw_bits, bw_bits)) or layer_recipe(quant)
         return (scaled_format(recipe.operand("forward", "x")),
                 scaled_format(recipe.operand("input_grad", "dy")) if bw_bits < FULL else FP32)
     if quant.format == "float" and fw_bits < FULL:

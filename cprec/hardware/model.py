@@ -57,7 +57,7 @@ def step_time_s(device: Device, shapes: dict[str, LayerShape],
 
 
 def run_hardware_cost(ledger: CostLedger, shapes: dict[str, LayerShape], quant: QuantConfig,
-                      steps: int, devices: list[str]) -> dict[str, float]:
+                      steps: int, devices: list[str], rungs: dict | None = None) -> dict[str, float]:
     """``energy_j`` and ``modeled_time_s.<device>`` of the steps the ledger recorded.
 
     The ledger counts samples per per-layer bits configuration; ``steps`` (the steps it
@@ -68,7 +68,7 @@ def run_hardware_cost(ledger: CostLedger, shapes: dict[str, LayerShape], quant: 
         return out
     batch = total / steps
     for config, samples in ledger.samples.items():
-        formats = {n: layer_formats(quant, *bits) for n, bits in zip(ledger.names, config)}
+        formats = {n: layer_formats(quant, *bits, rungs) for n, bits in zip(ledger.names, config)}
         n_steps = samples / batch
         out["energy_j"] += n_steps * step_energy_j(shapes, formats, batch)
         for d in devices:

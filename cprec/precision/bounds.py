@@ -8,6 +8,7 @@ from pathlib import Path
 from cprec.config import ModelConfig, TrainConfig
 from cprec.errors import CprecError
 from cprec.paths import prt_result_path
+from cprec.precision.ladder import Ladder, parse_ladder
 
 
 class PrtResultError(CprecError):
@@ -20,14 +21,17 @@ def model_id(model: ModelConfig) -> str:
     return f"{model.name}.{model.arch}" if model.name == "torchvision" else model.name
 
 
-def prt_command(cfg: TrainConfig) -> str:
+def prt_command(cfg: TrainConfig, ladder: Ladder | None = None) -> str:
     arch = f" model.arch={cfg.model.arch}" if cfg.model.name == "torchvision" else ""
-    return f"cprec prt model={cfg.model.name}{arch} dataset={cfg.dataset.name}"
+    rungs = f" prt.ladder=[{','.join(ladder.names)}] (with the run's quant=)" if ladder else ""
+    return f"cprec prt model={cfg.model.name}{arch} dataset={cfg.dataset.name}{rungs}"
 
 
-def read_prt_result(path: Path, model: str, dataset: str, command: str | None = None) -> tuple[int, int]:
+def read_prt_result(path: Path, model: str, dataset: str, command: str | None = None,
+                    ladder: Ladder | None = None) -> tuple[int, int]:
     """(lower_bits, upper_bits) from a prt.json, checked against the run's model (its
-    ``model_id``) and dataset; ``command`` re-runs the PRT (default: model= dataset=)."""
+    ``model_id``) and dataset; ``command`` re-runs the PRT (default: model= dataset=). A
+    ladder of formats' run takes a result whose bounds are rungs of its ``ladder``."""
     rerun = command or f"cprec prt model={model} dataset={dataset}"
     try:
         result = json.loads(Path(path).read_text())
@@ -41,6 +45,11 @@ def read_prt_result(path: Path, model: str, dataset: str, command: str | None = 
                              f"not model={model} dataset={dataset}; re-run: {rerun}")
     if not (1 <= lo <= hi <= 32):
         raise PrtResultError(f"PRT result {path} has invalid bounds {lo}..{hi}; re-run: {rerun}")
+    if ladder is not None and ladder.formats:
+        ends = (result.get("lower_format"), result.get("upper_format"))
+        if not set(ends) <= set(ladder.rungs):
+            raise PrtResultError(f"PRT result {path} found {ends[0]}..{ends[1]}, not both rungs "
+                                 f"of schedule.ladder=[{','.join(ladder.names)}]; re-run: {rerun}")
     return lo, hi
 
 
@@ -51,14 +60,16 @@ def resolve_bounds(cfg: TrainConfig) -> tuple[int, int, str]:
     result if one exists for this model and dataset, else the configured bits ("default").
     """
     s = cfg.schedule
+    ladder = parse_ladder(s.ladder, "schedule.ladder") if s.kind != "fp32" else None
+    lo, hi = (ladder.widths[0], ladder.widths[-1]) if ladder else (s.min_bits, s.max_bits)
     if s.kind in ("fp32", "static") or s.bounds == "config":
-        return s.min_bits, s.max_bits, "config"
+        return lo, hi, "config"
     model = model_id(cfg.model)
-    path = prt_result_path(cfg.output_root, model, cfg.dataset.name)
+    formats = ladder is not None and ladder.formats
+    path = prt_result_path(cfg.output_root, model, cfg.dataset.name, formats)
+    command = prt_command(cfg, ladder if formats else None)
     if path.exists():
-        lo, hi = read_prt_result(path, model, cfg.dataset.name, prt_command(cfg))
-        return lo, hi, f"prt:{path}"
+        return (*read_prt_result(path, model, cfg.dataset.name, command, ladder), f"prt:{path}")
     if s.bounds == "prt":
-        raise PrtResultError(f"schedule.bounds=prt but no PRT result at {path}; run first: "
-                             f"{prt_command(cfg)}")
-    return s.min_bits, s.max_bits, "default"
+        raise PrtResultError(f"schedule.bounds=prt but no PRT result at {path}; run first: {command}")
+    return lo, hi, "default"

@@ -28,13 +28,15 @@ def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
     training.
 
     schedule.csv holds the bits of every training step (``step,bits_fw,bits_bw``, steps from
-    0); schedule.json names it and the PNG, and is written last. The relative cost uses the
+    0; on a ladder also ``format_fw,format_bw``, the rungs' names); schedule.json names it
+    and the PNG, and is written last. The relative cost uses the
     model's MACs per layer (measured on a dummy input of the task's shape), so first/last
     full-precision layers count as they will in the run.
     """
 
     from cprec.cost import measure_macs
     from cprec.models import build_model
+    from cprec.precision.ladder import steps_per_format
     from cprec.precision.schedules import relative_cost_of
     from cprec.quant import build_quantized, quant_layers
     from cprec.report.plots import schedule_bits
@@ -52,8 +54,16 @@ def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
               "bounds_source": plan.bounds_source, "relative_cost": rel,
               "mean_bits_fw": sum(b[0] for b in bits) / total,
               "mean_bits_bw": sum(b[1] for b in bits) / total, "csv": CSV, "png": PNG}
-    runs.write_text(out_dir / CSV, "step,bits_fw,bits_bw\n" +
-                    "".join(f"{t},{fw},{bw}\n" for t, (fw, bw) in enumerate(bits)))
-    schedule_bits(bits, f"{result['schedule']}: relative cost {rel:.4f} of fp32", out_dir / PNG)
+    names = rows = labels = None
+    if schedule.ladder:
+        result["steps_per_format"] = steps_per_format(schedule, total)
+        names = [(schedule.rung_name(fw), schedule.rung_name(bw, backward=True)) for fw, bw in bits]
+        labels = {w: schedule.rung_name(w) for w in schedule.ladder}
+        labels.update({w: schedule.rung_name(w, backward=True) for w in schedule.bw_ladder or ()})
+    rows = [f"{t},{fw},{bw}" + (f",{names[t][0]},{names[t][1]}" if names else "")
+            for t, (fw, bw) in enumerate(bits)]
+    header = "step,bits_fw,bits_bw" + (",format_fw,format_bw" if names else "")
+    runs.write_text(out_dir / CSV, "\n".join([header, *rows]) + "\n")
+    schedule_bits(bits, f"{result['schedule']}: relative cost {rel:.4f} of fp32", out_dir / PNG, labels)
     runs.write_json(out_dir / "schedule.json", result)
     return result

@@ -21,7 +21,8 @@ from cprec.engine.step import TrainStep, grad_clip
 from cprec.errors import ConfigError, CprecError
 from cprec.paths import prt_result_path
 from cprec.precision.bounds import model_id
-from cprec.quant import layer_bits, set_precision
+from cprec.precision.ladder import parse_ladder
+from cprec.quant import format_bits, layer_bits, set_precision
 
 log = logging.getLogger("cprec")
 
@@ -70,25 +71,34 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
     from cprec.report.plots import prt_curve
 
     p = cfg.prt
-    if cfg.quant.format == "scaled":  # before any data loads
+    ladder = parse_ladder(p.ladder, "prt.ladder")
+    formats = ladder is not None and ladder.formats
+    if cfg.quant.format == "scaled" and not formats:  # before any data loads
         raise ConfigError("quant.format", "scaled", "the precision range test varies fixed-point "
-                          "bits; a scaled recipe's widths are its element formats'. Use quant=fixed")
-    parts = build_model_parts(cfg, p.batch_size)
+                          "bits unless it climbs a ladder of formats; give prt.ladder=[mxfp4,"
+                          "mxfp6_e2m3,mxfp8] or use quant=fixed")
+    parts = build_model_parts(cfg, p.batch_size, (ladder, None))
     step = TrainStep(parts.task, parts.model, parts.optimizer,
                      [c for c in [grad_clip(parts.model, cfg.optim.grad_clip)] if c is not None])
-    bw = cfg.schedule.bw_bits
+    bw = format_bits(cfg.quant)[1] if formats else cfg.schedule.bw_bits
+    levels = ladder.widths if ladder else range(p.start_bits, p.max_bits + 1)
     curve: list[dict] = []
     lower = upper = None
-    for bits in range(p.start_bits, p.max_bits + 1):
+    for bits in levels:
         row = _train_level(parts, step, bits, bw, p.steps_per_bits, p.smoothing)
+        if formats:
+            row["format"] = ladder.spec_name(bits)
         curve.append(row)
-        log.info("PRT %2d bits: train_acc %.4f  train_loss %.4f", bits, row["train_acc"],
-                 row["train_loss"])
+        log.info("PRT %5s: train_acc %.4f  train_loss %.4f", row.get("format", f"{bits} bits"),
+                 row["train_acc"], row["train_loss"])
         lower, upper = find_bounds(curve, p.threshold, p.upper_bits)
+        if ladder is not None and upper is not None:  # a configured upper bound: its rung
+            upper = max([w for w in ladder.widths if w <= upper] + [lower])
         if lower is not None and upper is not None:
             break
+    tried = f"[{','.join(ladder.names)}]" if ladder else f"{p.start_bits}..{p.max_bits}"
     if lower is None:
-        raise CprecError(f"precision range test found no precision in {p.start_bits}..{p.max_bits} "
+        raise CprecError(f"precision range test found no precision in {tried} "
                          f"whose accuracy gain exceeds prt.threshold={p.threshold}; lower "
                          f"prt.threshold or raise prt.steps_per_bits")
     source = "measured" if p.upper_bits == "auto" else "configured"
@@ -99,10 +109,14 @@ def run_prt(cfg: TrainConfig, out_dir: Path) -> dict:
               "lower_bits": lower, "upper_bits": upper, "upper_source": source, "threshold": p.threshold,
               "steps": sum(r["steps"] for r in curve), "gbitops": parts.ledger.gbitops,
               "bw_bits": bw, "batch_size": parts.task.batch_size, "seed": cfg.seed, "curve": curve}
+    if formats:
+        result.update(ladder=list(ladder.names), lower_format=ladder.spec_name(lower),
+                      upper_format=ladder.spec_name(upper))
     runs.write_json(out_dir / "prt.json", result)
-    prt_curve(curve, lower, upper, out_dir / "prt.png", f"{model} on {cfg.dataset.name}", source,
-              (p.start_bits, p.max_bits))
-    shared = prt_result_path(cfg.output_root, model, cfg.dataset.name)
+    on = f" over {tried}" if ladder else ""
+    prt_curve(curve, lower, upper, out_dir / "prt.png", f"{model} on {cfg.dataset.name}{on}", source,
+              (levels[0], levels[-1]))
+    shared = prt_result_path(cfg.output_root, model, cfg.dataset.name, formats)
     runs.write_json(shared, result)
     result["path"] = str(shared)
     return result
@@ -114,8 +128,9 @@ def format_curve(result: dict) -> str:
     prev = None
     for r in result["curve"]:
         gain = "" if prev is None else f"{r['train_acc'] - prev:+.4f}"
+        level = f"{r['format']} ({r['bits']})" if "format" in r else r["bits"]
         mark = " <- lower" if r["bits"] == result["lower_bits"] else ""
         mark += " <- upper" if r["bits"] == result["upper_bits"] else ""
-        lines.append(f"| {r['bits']} | {r['train_acc']:.4f} | {r['train_loss']:.4f} | {gain} |{mark}")
+        lines.append(f"| {level} | {r['train_acc']:.4f} | {r['train_loss']:.4f} | {gain} |{mark}")
         prev = r["train_acc"]
     return "\n".join(lines)

@@ -9,118 +9,31 @@ shape, the flip of exp/rex falls and the rounding of ties are options (README).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from cprec.errors import ConfigError
+from cprec.precision.ladder import Ladder, OnLadder, parse_ladder, switch_steps
+from cprec.precision.profiles import (  # noqa: F401 (re-exported: the schedules' vocabulary)
+    CYCLE_LENGTHS,
+    FLIPS,
+    PROFILES,
+    SHAPES,
+    TIES,
+    bit_levels,
+    cycles_that_fit,
+    cyclic_bits,
+    period_of,
+)
 
 if TYPE_CHECKING:
     from cprec.config import ScheduleConfig
 
-KINDS = ("fp32", "static", "cyclic", "deficit", "ldp", "cpt_ldp")
+KINDS = ("fp32", "static", "cyclic", "deficit", "stepped", "ldp", "cpt_ldp")
 LEARNED_KINDS = ("ldp", "cpt_ldp")  # per-layer precision learned in training (cprec/precision/ldp.py)
 CYCLIC_KINDS = ("cyclic", "cpt_ldp")  # a CPT cycle drives the (base) forward bits
 COST_PUSH = ("both", "down")
-# which way each cycle runs: growth rises every cycle (CPT; Better Schedules X_growth),
-# fall_rise falls on cycles 0, 2, ... and rises on 1, 3, ... (Better Schedules X_decay);
-# cprec's own: falling falls every cycle, rise_fall rises on cycles 0, 2, ... and falls on 1, 3, ...
-SHAPES = ("growth", "fall_rise", "falling", "rise_fall")
-# cycle length T from N steps and C cycles: floor(N / C) (CPT's code), + 1 (Better Schedules' code)
-CYCLE_LENGTHS = {"floor": 0, "floor_plus_one": 1}
-# a falling exp/rex cycle: the rising curve mirrored in time (horizontal, the Better Schedules
-# train.py default) or upside down (vertical); cosine and linear look the same either way
-FLIPS = ("horizontal", "vertical")
-# exact: rint of the exact value (a true .5 goes to even, whatever float64 says); float:
-# np.rint of the value float64 arithmetic gives, as the Better Schedules code rounds
-TIES = ("exact", "float")
 BOUNDS_MODES = ("auto", "prt", "config")  # where a cyclic run's min/max bits come from
-
-
-def _cosine(z: float) -> float:
-    return 0.5 * (1.0 - np.cos(np.pi * z))
-
-
-def _linear(z: float) -> float:
-    return z
-
-
-def _exp(z: float) -> float:
-    return np.exp(-4 * z)
-
-
-def _rex(y: float) -> float:
-    return y / (1 - 0.9 + 0.9 * y)  # the authors' (1 - 0.9), a hair below 0.1 in float64
-
-
-def _z(mod: int, period: int) -> float:
-    return mod / period
-
-
-def _y(mod: int, period: int) -> float:  # rex: 1 - z, in the authors' arithmetic
-    return (period - mod) / period
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One row of PAPERS.md section 2's table, in the Better Schedules code's arithmetic.
-
-    ``variable(t mod T, T)`` is the profile's x (z = (t mod T) / T, or for rex y = 1 - z,
-    computed as (T - t mod T) / T like the authors), ``term(x)`` its curve in [0, 1]. A rising cycle is
-    ``min + D term(x)`` when ``from_min`` (cosine, linear), else ``max - D term(x)`` (exp,
-    rex); a falling one is its mirror image: ``max - D term(x)`` (from_min), upside down
-    ``min + D term(x)`` (flip=vertical) or mirrored in time ``max - D term(1 - x)``
-    (flip=horizontal). Adding a profile is one term function and one entry in PROFILES.
-    """
-
-    from_min: bool
-    variable: Callable[[int, int], float]
-    term: Callable[[float], float]
-
-    def value(self, mod: int, period: int, lo: int, hi: int, fall: bool, flip: str) -> float:
-        x, d = self.variable(mod, period), float(hi - lo)
-        if self.from_min:
-            return hi - d * self.term(x) if fall else lo + d * self.term(x)
-        if not fall:
-            return hi - d * self.term(x)
-        return lo + d * self.term(x) if flip == "vertical" else hi - d * self.term(1.0 - x)
-
-
-PROFILES: dict[str, Profile] = {
-    "cosine": Profile(True, _z, _cosine), "linear": Profile(True, _z, _linear),
-    "exp": Profile(False, _z, _exp), "rex": Profile(False, _y, _rex)}
-
-
-def period_of(total_steps: int, cycles: int, rule: str = "floor") -> int:
-    """T: floor(N / C) (CPT's code), or floor(N / C) + 1 (rule floor_plus_one, Better Schedules')."""
-    return max(total_steps // cycles + CYCLE_LENGTHS[rule], 1)
-
-
-def falls(shape: str, cycle: int) -> bool:
-    """Whether cycle number ``cycle`` (0-based) of ``shape`` runs from the top down."""
-    return {"growth": False, "falling": True, "fall_rise": cycle % 2 == 0,
-            "rise_fall": cycle % 2 == 1}[shape]
-
-
-def rint(value: float, ties: str = "exact") -> int:
-    """Round half to even; ``exact`` snaps to 9 decimals first, so a true tie that float64
-    lands an ulp off (cosine 2..8 at z = 1/3: 3.4999999999999996) still counts as .5."""
-    return int(np.rint(round(float(value), 9) if ties == "exact" else value))
-
-
-def cyclic_bits(step: int, total_steps: int, cycles: int, lo: int, hi: int,
-                profile: str = "cosine", shape: str = "growth", *, flip: str = "horizontal",
-                rule: str = "floor", ties: str = "exact") -> int:
-    """Bits at ``step`` (0-based) of a cyclic schedule between ``lo`` and ``hi``.
-
-    ``shape`` says which cycles rise and which fall (SHAPES), ``rule`` how long a cycle is
-    (CYCLE_LENGTHS), ``flip`` how an exp/rex cycle falls (FLIPS), ``ties`` how a .5 rounds.
-    """
-    period = period_of(total_steps, cycles, rule)
-    cycle, mod = divmod(step, period)
-    return rint(PROFILES[profile].value(mod, period, lo, hi, falls(shape, cycle), flip), ties)
 
 
 # the schedules and shapes cprec had before it followed the Better Schedules code's names:
@@ -194,17 +107,8 @@ def check_learned_format(cfg) -> None:
             f"schedule={cfg.schedule.name} learns fixed-point bits per layer; use quant.format=fixed")
 
 
-def bit_levels(lo: int, hi: int, bw_min_bits: int | None, bw_bits: int) -> int:
-    """Bit levels one cycle passes through: hi - lo + 1, or the backward range's if it cycles."""
-    return max(hi - lo + 1, 0 if bw_min_bits is None else bw_bits - bw_min_bits + 1)
-
-
-def cycles_that_fit(total_steps: int, levels: int, rule: str, most: int) -> int:
-    """The most cycles (at most ``most``) whose cycles have at least ``levels`` steps; 0: none."""
-    return next((n for n in range(most, 0, -1) if period_of(total_steps, n, rule) >= levels), 0)
-
-
-def check_fits_run(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int] | None = None) -> None:
+def check_fits_run(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int] | None = None,
+                   levels: int | None = None) -> None:
     """A schedule must fit the run's length; the message says how to make a short run fit.
 
     A cyclic schedule needs cycles of at least 2 steps: a cycle of one step never leaves its
@@ -213,7 +117,8 @@ def check_fits_run(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int
     if cfg.kind == "deficit" and cfg.deficit_steps > total_steps:
         raise ConfigError("schedule.deficit_steps", cfg.deficit_steps,
                           f"must not exceed the run's {total_steps} training steps")
-    levels = bit_levels(*(bounds or (cfg.min_bits, cfg.max_bits)), cfg.bw_min_bits, cfg.bw_bits)
+    if levels is None:
+        levels = bit_levels(*(bounds or (cfg.min_bits, cfg.max_bits)), cfg.bw_min_bits, cfg.bw_bits)
     one_step = levels > 1 and period_of(total_steps, cfg.cycles, cfg.cycle_length) < 2
     if cfg.kind not in CYCLIC_KINDS or not (cfg.cycles > total_steps or one_step):
         return
@@ -232,7 +137,7 @@ def check_fits_run(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int
 
 
 @dataclass(frozen=True)
-class PrecisionSchedule:
+class PrecisionSchedule(OnLadder):
     """A schedule resolved for one run: bounds known, length known (summary.json saves it
     as ``schedule_spec``)."""
 
@@ -250,15 +155,26 @@ class PrecisionSchedule:
     cycle_length: str = "floor"
     ties: str = "exact"
     bw_min_bits: int | None = None  # cyclic: errors cycle bw_min_bits..bw_bits; None = fixed
+    # a ladder (ladder.py): the rungs' widths, forward and errors' (None: bits as above), their
+    # names (formats, or the widths), and the steps a stepped schedule climbs at
+    ladder: tuple[int, ...] | None = None
+    bw_ladder: tuple[int, ...] | None = None
+    rung_names: tuple[str, ...] | None = None
+    bw_rung_names: tuple[str, ...] | None = None
+    switch_steps: tuple[int, ...] = ()
 
     def _cyclic(self, step: int, lo: int, hi: int) -> int:
         return cyclic_bits(step, self.total_steps, self.cycles, lo, hi, self.profile, self.shape,
                            flip=self.flip, rule=self.cycle_length, ties=self.ties)
 
     def bits_at(self, step: int) -> tuple[int, int]:
-        """(forward bits, backward bits) for training step ``step`` (0-based)."""
+        """(forward bits, backward bits) for training step ``step`` (0-based); on a ladder,
+        the widths of the rungs the step trains at."""
         if self.kind == "fp32":
             return 32, 32
+        if self.ladder is not None:
+            bw = self.bw_bits if self.bw_ladder is None else self._rung(step, self.bw_ladder)
+            return self._rung(step, self.ladder), bw
         if self.kind == "static":
             return self.bits, self.bw_bits
         if self.kind == "deficit":
@@ -273,6 +189,8 @@ class PrecisionSchedule:
         """Lowest and highest forward bits the schedule can use."""
         if self.kind == "fp32":
             return 32, 32
+        if self.ladder is not None:
+            return (self.ladder[-1] if self.kind == "static" else self.ladder[0]), self.ladder[-1]
         if self.kind == "static":
             return self.bits, self.bits
         return self.min_bits, self.max_bits
@@ -282,6 +200,8 @@ class PrecisionSchedule:
         """Lowest and highest backward bits the schedule can use."""
         if self.kind == "fp32":
             return 32, 32
+        if self.bw_ladder is not None:
+            return (self.bw_ladder[-1] if self.kind == "static" else self.bw_ladder[0]), self.bw_ladder[-1]
         if self.kind == "cyclic" and self.bw_min_bits is not None:
             return self.bw_min_bits, self.bw_bits
         return self.bw_bits, self.bw_bits
@@ -304,15 +224,16 @@ class PrecisionSchedule:
         if self.kind != "cyclic":
             return None
         period = period_of(self.total_steps, self.cycles, self.cycle_length)
-        levels = bit_levels(self.min_bits, self.max_bits, self.bw_min_bits, self.bw_bits)
+        levels = self.levels()
         if period >= levels:
             return None
         (lo, hi), _ = self.used_ranges()
         fit = cycles_that_fit(self.total_steps, levels, self.cycle_length, self.cycles)
         fix = f"; schedule.cycles={fit} gives every level a step" if fit else ""
-        return (f"cycles of {period} steps are shorter than the {levels} bit levels "
-                f"{self.min_bits}..{self.max_bits}: the run trains at {lo}..{hi} bits, skipping "
-                f"levels{fix}")
+        what = (f"bit levels {self.min_bits}..{self.max_bits}" if self.ladder is None else
+                f"rungs {', '.join(self.rung_names or ())}")
+        return (f"cycles of {period} steps are shorter than the {levels} {what}: the run trains "
+                f"at {lo}..{hi} bits, skipping levels{fix}")
 
     def bit_ranges(self) -> dict[str, int]:
         """The bit fields of summary.json and schedule.json: the forward and backward bits the
@@ -330,7 +251,7 @@ class PrecisionSchedule:
     def from_spec(cls, spec: dict) -> PrecisionSchedule:
         """A saved ``schedule_spec``, also one cprec wrote before the shapes were renamed
         (decay -> falling, triangular -> rise_fall; their exp/rex cycles fell upside down)."""
-        spec = dict(spec)
+        spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
         old = {"decay": "falling", "triangular": "rise_fall"}
         if spec.get("shape") in old and "flip" not in spec:
             spec.update(shape=old[spec["shape"]], flip="vertical")
@@ -338,14 +259,22 @@ class PrecisionSchedule:
 
 
 def build_schedule(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int] | None = None,
-                   fixed_bits: int | tuple[int, int] | None = None) -> PrecisionSchedule:
+                   fixed_bits: int | tuple[int, int] | None = None,
+                   lr_milestones: list[float] | None = None) -> PrecisionSchedule:
     """Resolve a schedule config for a run of ``total_steps`` steps.
 
     ``bounds`` (min, max forward bits, e.g. from the precision range test) replace the
-    configured ones; ``fixed_bits`` (a float format's width, or its (forward, backward)
-    widths) replaces the static bits.
+    configured ones (on a ladder: keep the rungs within them); ``fixed_bits`` (a float
+    format's width, or its (forward, backward) widths) replaces the static bits (on a ladder
+    of formats: the recipe's gradients' width, when they have no ladder); ``lr_milestones``
+    (optim.milestones) are where ``schedule.before_lr_decay`` climbs.
     """
     check_schedule(cfg)
+    fw = parse_ladder(cfg.ladder, "schedule.ladder")
+    if cfg.kind == "stepped" and fw is None:
+        fw = Ladder((cfg.min_bits, cfg.max_bits) if bounds is None else bounds)
+    if fw is not None and cfg.kind != "fp32":
+        return _on_ladder(cfg, total_steps, fw, bounds, fixed_bits, lr_milestones)
     lo, hi = bounds if bounds is not None else (cfg.min_bits, cfg.max_bits)
     check_fits_run(cfg, total_steps, (lo, hi))
     bits, bw = cfg.bits, cfg.bw_bits
@@ -357,6 +286,40 @@ def build_schedule(cfg: ScheduleConfig, total_steps: int, bounds: tuple[int, int
     return PrecisionSchedule(cfg.kind, total_steps, bits, bw, lo, hi, cfg.cycles, cfg.profile,
                              cfg.shape, cfg.deficit_steps, cfg.flip, cfg.cycle_length, cfg.ties,
                              cfg.bw_min_bits)
+
+
+def _on_ladder(cfg: ScheduleConfig, total_steps: int, fw: Ladder, bounds: tuple[int, int] | None,
+               fixed_bits: int | tuple[int, int] | None,
+               lr_milestones: list[float] | None) -> PrecisionSchedule:
+    """A schedule over ladder positions: the rungs within ``bounds`` (a range test's result)."""
+    if bounds is not None:
+        kept = fw.cut(*bounds)
+        if not kept.rungs:
+            raise ConfigError("schedule.ladder", list(fw.rungs), f"no rung lies within the bounds "
+                              f"{bounds[0]}..{bounds[1]} bits; widen the ladder or set "
+                              "schedule.bounds=config")
+        fw = kept
+    bw = parse_ladder(cfg.bw_ladder, "schedule.bw_ladder")
+    bw_bits = cfg.bw_bits
+    if isinstance(fixed_bits, tuple):  # a scaled recipe: its gradients' width
+        bw_bits = fixed_bits[1]
+    climbs = len(fw.rungs) - 1
+    fractions = (lr_milestones or [])[:climbs] if cfg.before_lr_decay else (cfg.steps_at or [])
+    if cfg.kind == "stepped" and len(fractions) != climbs:
+        raise ConfigError("schedule.steps_at", cfg.steps_at, f"schedule=stepped climbs {climbs} rung(s): "
+                          "give as many fractions of the run (or before_lr_decay with the lr milestones)")
+    switch = switch_steps(list(fractions), total_steps) if cfg.kind == "stepped" else ()
+    if any(b <= a for a, b in zip((0, *switch), (*switch, total_steps))):
+        raise ConfigError("schedule.steps_at", list(fractions), f"a run of {total_steps} steps "
+                          f"climbs at steps {list(switch)}: every rung needs steps of its own; "
+                          "spread the fractions or train longer")
+    levels = max(len(fw.rungs), len(bw.rungs) if bw else 0)
+    check_fits_run(cfg, total_steps, levels=levels)
+    widths = fw.widths
+    return PrecisionSchedule(cfg.kind, total_steps, widths[-1], bw_bits, widths[0], widths[-1],
+                             cfg.cycles, cfg.profile, cfg.shape, cfg.deficit_steps, cfg.flip,
+                             cfg.cycle_length, cfg.ties, None, widths,
+                             bw.widths if bw else None, fw.names, bw.names if bw else None, switch)
 
 
 class PrecisionScheduler:

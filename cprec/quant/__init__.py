@@ -36,9 +36,11 @@ __all__ = ["FULL", "FORMATS", "FixedPointQuantizer", "FloatFormat", "FloatFormat
            "quantize_model", "set_backend", "set_precision"]
 
 
-def build_quantized(model: nn.Module, cfg: QuantConfig, seed: int) -> tuple[nn.Module, QuantRNG]:
-    """Convert a model per the ``quant`` config; return it with its stochastic-rounding RNG."""
+def build_quantized(model: nn.Module, cfg: QuantConfig, seed: int,
+                    rungs: dict | None = None) -> tuple[nn.Module, QuantRNG]:
+    """Convert a model per the ``quant`` config (``rungs``: a ladder of formats' recipes);
+    return it with its stochastic-rounding RNG."""
     rng = QuantRNG(seed + 7919)
-    model = quantize_model(model, build_quantizer(cfg, seed), rng, cfg.quantize_first,
+    model = quantize_model(model, build_quantizer(cfg, seed, rungs), rng, cfg.quantize_first,
                            cfg.quantize_last, cfg.keep_full)
     return model, rng

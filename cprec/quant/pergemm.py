@@ -57,12 +57,18 @@ class LayerGemms:
     (delayed amax history, Hadamard signs; the two weight-gradient operands share one seed,
     so their transforms cancel) and the telemetry counters."""
 
-    def __init__(self, recipe: LayerRecipe, hadamard_seed: int, telemetry: bool) -> None:
-        self.recipe = recipe
+    def __init__(self, recipe: LayerRecipe, hadamard_seed: int, telemetry: bool,
+                 rungs: dict[tuple[int, int], LayerRecipe] | None = None) -> None:
+        self.recipe, self.rungs = recipe, rungs or {}
         self.states = {f"{g}.{r}": OperandState.for_spec(spec, hadamard_seed)
                        for g, r, spec in recipe.operands()
                        if spec.amax == "delayed" or spec.hadamard}
         self.telemetry = OperandTelemetry() if telemetry else None
+
+    def select(self, fw_bits: int, bw_bits: int) -> None:
+        """On a ladder of formats: take the recipe of the rungs the layer's bits stand for
+        (the states are the same for every rung: a ladder has no delayed-amax rung)."""
+        self.recipe = self.rungs.get((fw_bits, bw_bits), self.recipe)
 
     def quantize(self, layer: Any, gemm: str, role: str, t: torch.Tensor, axis: int) -> torch.Tensor:
         """``t`` as operand ``role`` of ``gemm`` sees it (``t`` itself when the GEMM is kept
@@ -102,6 +108,8 @@ class LayerGemms:
     def check_tiles(self, name: str, weight: torch.Tensor, groups: int = 1) -> None:
         """A 2-D tile longer than the axis it runs along (or, for the weight, taller than
         its other dimensions) cannot apply: ConfigError naming the layer and the sizes."""
+        for recipe in self.rungs.values():
+            LayerGemms(recipe, 0, False).check_tiles(name, weight, groups)
         w_out, w_in = weight.shape[0], weight.shape[1]
         sizes = {"forward.w": (w_in, weight.numel() // w_in),
                  "input_grad.w": (w_out, weight.numel() // w_out),

@@ -152,6 +152,7 @@ class ScaledQuantizer(Quantizer):
     seed: int = 0
     telemetry: bool = False
     quantize_errors: bool = True
+    rungs: dict[tuple[int, int], LayerRecipe] | None = None  # a ladder's recipes by (fw, bw) widths
     per_gemm = True
 
     @property
@@ -165,18 +166,21 @@ class ScaledQuantizer(Quantizer):
                               f"{mode!r} / {padding!r}; the scaled convolution "
                               "takes zero padding given in pixels")
         layer.gemms = LayerGemms(self.recipe, self.seed + HADAMARD_STRIDE * (index + 1),
-                                 self.telemetry)
+                                 self.telemetry, self.rungs)
         layer.gemms.check_tiles(name, layer.weight, getattr(layer, "groups", 1))
 
     def linear(self, layer: QuantMixin, x: torch.Tensor) -> torch.Tensor:
+        layer.gemms.select(layer.fw_bits, layer.bw_bits)
         return ScaledLinear.apply(x, layer.weight, layer.bias, layer)
 
     def conv2d(self, layer: QuantMixin, x: torch.Tensor) -> torch.Tensor:
+        layer.gemms.select(layer.fw_bits, layer.bw_bits)
         return ScaledConv2d.apply(x, layer.weight, layer.bias, layer)
 
     def inputs(self, layer: QuantMixin, x: torch.Tensor, weight: torch.Tensor,
                ste: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward GEMM's operands (along the input features, axis 1)."""
+        layer.gemms.select(layer.fw_bits, layer.bw_bits)
         xq = layer.gemms.quantize(layer, "forward", "x", x, 1)
         wq = layer.gemms.quantize(layer, "forward", "w", weight, 1)
         return StraightThrough.apply(x, weight, xq, wq) if ste else (xq, wq)
@@ -188,8 +192,8 @@ class ScaledQuantizer(Quantizer):
             quantize_operand(error, spec, 1, key=key)
 
 
-def _scaled(cfg: QuantConfig, seed: int = 0) -> Quantizer:
-    return ScaledQuantizer(layer_recipe(cfg), seed, cfg.telemetry, cfg.quantize_errors)
+def _scaled(cfg: QuantConfig, seed: int = 0, rungs: dict | None = None) -> Quantizer:
+    return ScaledQuantizer(layer_recipe(cfg), seed, cfg.telemetry, cfg.quantize_errors, rungs)
 
 
 def _fixed_point(cfg: QuantConfig) -> Quantizer:
@@ -210,11 +214,12 @@ QUANTIZERS: dict[str, Callable[[QuantConfig], Quantizer]] = {"fixed": _fixed_poi
                                                              "scaled": _scaled}
 
 
-def build_quantizer(cfg: QuantConfig, seed: int = 0) -> Quantizer:
+def build_quantizer(cfg: QuantConfig, seed: int = 0, rungs: dict | None = None) -> Quantizer:
     """The quantizer the ``quant`` config group describes (``quant.format``); ``seed`` (the
-    run's) seeds the scaled formats' Hadamard signs."""
+    run's) seeds the scaled formats' Hadamard signs; ``rungs`` are a ladder of formats'
+    recipes (recipes.ladder_recipes)."""
     if cfg.format == "scaled":
-        return _scaled(cfg, seed)
+        return _scaled(cfg, seed, rungs)
     return QUANTIZERS[cfg.format](cfg)
 
 

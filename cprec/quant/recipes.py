@@ -8,19 +8,26 @@ command-line override are the same thing.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any
 
 from cprec.config import QuantConfig, TrainConfig, require
 from cprec.errors import ConfigError
 from cprec.quant.elements import FLOAT
-from cprec.quant.recipe import GEMMS, LayerRecipe
+from cprec.quant.recipe import GEMMS, GemmSpec, LayerRecipe
 from cprec.quant.spec import OperandSpec
 
+if TYPE_CHECKING:
+    from cprec.precision.ladder import Ladder
+
 SCALED = "scaled"
-# schedule kinds a scaled recipe can follow: its widths are fixed by the formats (a
-# format schedule, e.g. FP4 then FP8 before the lr decay, does not exist yet)
+# schedule kinds a scaled recipe can follow alone: its widths are fixed by the formats; a
+# ladder of formats (schedule.ladder) lets every other non-learned schedule move over them
 STATIC_KINDS = ("fp32", "static")
+LADDER_KINDS = ("cyclic", "deficit", "stepped")
+FORWARD_ROLES = ("w", "x")  # the operands a forward ladder moves (in every GEMM they enter)
+# what a rung sets of an operand; its rounding and Hadamard rule stay the recipe's
+RUNG_KEEPS = ("rounding", "hadamard")
 
 
 def _fields(value: Any) -> dict[str, Any]:
@@ -64,10 +71,12 @@ def check_scaled(cfg: TrainConfig) -> None:
         return
     recipe = layer_recipe(q)
     _check_tiles(recipe)
-    name = cfg.schedule.name
-    require(cfg.schedule.kind in STATIC_KINDS, "schedule", name,
-            "quant.format=scaled has the fixed widths of its element formats (format schedules "
-            "do not exist yet); use schedule=static or schedule=fp32")
+    # a ladder of formats lets a schedule move; the range test climbs its own (prt.ladder)
+    name, formats = cfg.schedule.name, cfg.schedule.ladder is not None or cfg.prt.ladder is not None
+    require(cfg.schedule.kind in STATIC_KINDS or formats and cfg.schedule.kind in LADDER_KINDS,
+            "schedule", name, "quant.format=scaled has the fixed widths of its element formats; "
+            "use schedule=static or schedule=fp32, or give a ladder of formats to move over "
+            "(schedule.ladder=[mxfp4,mxfp6_e2m3,mxfp8])")
     require(cfg.loss_scale.name == "none" and not cfg.loss_scale.telemetry, "loss_scale",
             cfg.loss_scale.name, "the scaled formats scale every block, row or tensor from its own "
             "amax, so loss scaling is meaningless there; use loss_scale=none")
@@ -88,3 +97,33 @@ def _check_tiles(recipe: LayerRecipe) -> None:
         if spec.granularity == "tile" and spec.element.kind not in (FLOAT, "int"):
             raise ConfigError(f"quant.operands.{gemm}.{role}.granularity", "tile",
                               f"{spec.elem} takes its range per row or block, not per 2-D tile")
+
+
+def _on_rung(spec: OperandSpec, rung: OperandSpec | None) -> OperandSpec:
+    """An operand of the recipe on a rung: the rung's format, the recipe's rounding and Hadamard."""
+    return spec if rung is None else replace(rung, **{k: getattr(spec, k) for k in RUNG_KEEPS})
+
+
+def recipe_on_rungs(base: LayerRecipe, fw: OperandSpec | None, bw: OperandSpec | None) -> LayerRecipe:
+    """``base`` with its weight and activation operands (all three GEMMs) at the forward
+    rung ``fw`` and its output gradients at ``bw`` (None: the recipe's own); a GEMM the
+    recipe keeps in high precision stays so."""
+    gemms = {}
+    for gemm, roles in GEMMS.items():
+        spec = base.gemm(gemm)
+        first, second = (_on_rung(s, fw if role in FORWARD_ROLES else bw)
+                         for s, role in zip((spec.first, spec.second), roles))
+        gemms[gemm] = GemmSpec(first, second, spec.high_precision)
+    return LayerRecipe(**gemms)
+
+
+def ladder_recipes(quant: QuantConfig, fw: Ladder | None,
+                   bw: Ladder | None) -> dict[tuple[int, int], LayerRecipe] | None:
+    """The recipe of every (forward, backward) rung pair of a ladder of formats, by widths
+    (the bits a schedule sets on the layers); None without one."""
+    if quant.format != SCALED or fw is None or not fw.formats:
+        return None
+    base = layer_recipe(quant)
+    bw_rungs = {w: bw.spec(w) for w in bw.widths} if bw is not None else {recipe_widths(base)[1]: None}
+    return {(wf, wb): recipe_on_rungs(base, fw.spec(wf), sb)
+            for wf in fw.widths for wb, sb in bw_rungs.items()}

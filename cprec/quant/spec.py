@@ -107,6 +107,8 @@ FORMATS: dict[str, dict[str, Any]] = {
     "fp8_e4m3_128x128": _fp32("e4m3", "tile", (128, 128)),
     "fp8_e4m3_delayed": {**_fp32("e4m3", "tensor"), "amax": "delayed"},
     "fp8_e5m2_delayed": {**_fp32("e5m2", "tensor"), "amax": "delayed"},
+    "mxfp8": _mx("e4m3"),  # OCP's MXFP8 by its usual name: E4M3 elements
+    "bf16": {"elem": "e8m7", "granularity": "none"}, "fp16": {"elem": "e5m10", "granularity": "none"},
 }
 
 

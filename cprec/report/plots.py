@@ -218,8 +218,10 @@ def prt_figure(curve: list[dict], lower: int, upper: int, title: str,
     return fig
 
 
-def schedule_bits(bits: list[tuple[int, int]], title: str, path: Path) -> None:
-    """A schedule's forward and backward bits at every step of the run (`cprec schedule`)."""
+def schedule_bits(bits: list[tuple[int, int]], title: str, path: Path,
+                  labels: dict[int, str] | None = None) -> None:
+    """A schedule's forward and backward bits at every step of the run (`cprec schedule`);
+    ``labels`` name a ladder's rungs by width (the y axis then shows the rungs)."""
     steps = range(len(bits))
     fig = Figure(figsize=(8, 3), layout="constrained")
     ax = fig.add_subplot()
@@ -228,5 +230,8 @@ def schedule_bits(bits: list[tuple[int, int]], title: str, path: Path) -> None:
     ax.set(xlabel="training step", ylabel="bits", ylim=(0, max(max(max(b) for b in bits), 8) + 1),
            title=title)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if labels:
+        ax.set_yticks(sorted(labels), [f"{labels[w]} ({w})" for w in sorted(labels)])
+        ax.set_ylabel("rung (bits)")
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)

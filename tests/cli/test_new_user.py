@@ -25,7 +25,7 @@ def _closed_stdout(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         os.close(write)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["schedule", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["schedule", "--help"], ["prt", "--help"]])
 def test_closed_stdout_ends_quietly(args: list[str], tmp_path: Path) -> None:
     """Item 13: a closed stdout is a normal end: no traceback, SIGPIPE's exit code."""
     r = _closed_stdout(args, tmp_path)

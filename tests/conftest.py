@@ -12,6 +12,14 @@ from tests.helpers import ROOT
 # subprocesses import this checkout's package, also where the editable install points at
 # another one (a git worktree)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+# pytest -n N (pytest-xdist, the README's test command): N workers share the cores, so each
+# worker and the cprec processes it starts run one thread (two torch processes with default
+# threads on two cores slow each other ~20x); a run of one thread is also deterministic
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -219,10 +219,7 @@ def _check_stepped(cfg: TrainConfig, fw: Ladder | None) -> None:
     if fw is None and s.min_bits >= s.max_bits:
         raise ConfigError("schedule.min_bits", s.min_bits, f"schedule=stepped climbs from min_bits "
                           f"to max_bits={s.max_bits}: min_bits must be below it (or give schedule.ladder)")
-    if s.before_lr_decay:
-        if s.steps_at is not None:
-            raise ConfigError("schedule.steps_at", s.steps_at, "schedule.before_lr_decay=true "
-                              "climbs at the lr milestones; set schedule.steps_at=null")
+    if s.before_lr_decay:  # the lr milestones, not schedule.steps_at
         if o.lr_schedule != "multistep" or len(o.milestones) < climbs:
             raise ConfigError("schedule.before_lr_decay", True, f"climbing {climbs} rung(s) at the "
                               f"lr milestones needs optim.lr_schedule=multistep with at least {climbs} "

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cprec.errors import ConfigError
+from cprec.errors import ConfigError, CprecError
 from cprec.quant.recipe import LayerRecipe
 from cprec.quant.scaled import OperandState, quantize_operand, quantize_with_scales
 from cprec.quant.telemetry import OperandTelemetry
@@ -67,8 +67,15 @@ class LayerGemms:
 
     def select(self, fw_bits: int, bw_bits: int) -> None:
         """On a ladder of formats: take the recipe of the rungs the layer's bits stand for
-        (the states are the same for every rung: a ladder has no delayed-amax rung)."""
-        self.recipe = self.rungs.get((fw_bits, bw_bits), self.recipe)
+        (the states are the same for every rung: a ladder has no delayed-amax rung); bits
+        that name no rung are an error, not a silent other format."""
+        if not self.rungs:
+            return
+        if (fw_bits, bw_bits) not in self.rungs:
+            pairs = ", ".join(f"{a}/{b}" for a, b in self.rungs)
+            raise CprecError(f"bits {fw_bits}/{bw_bits} name no rung of the layer's ladder of "
+                             f"formats ({pairs}); set the bits the ladder's schedule gives")
+        self.recipe = self.rungs[(fw_bits, bw_bits)]
 
     def quantize(self, layer: Any, gemm: str, role: str, t: torch.Tensor, axis: int) -> torch.Tensor:
         """``t`` as operand ``role`` of ``gemm`` sees it (``t`` itself when the GEMM is kept

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cprec.config import OptimConfig, QuantConfig, ScheduleConfig, TrainConfig
-from cprec.errors import ConfigError
+from cprec.errors import ConfigError, CprecError
 from cprec.hardware.formats import layer_formats
 from cprec.numerics.optim import lr_factor
 from cprec.operand_config import OperandConfig
@@ -279,3 +279,10 @@ def test_the_python_api_climbs_a_ladder_of_formats() -> None:
         cprec.schedule("stepped", 40, ladder=[4, 6, 8])  # stepped.yaml climbs once: [0.5]
     with pytest.raises(ConfigError, match="quant=mxfp8"):
         cprec.quantize(nn.Linear(4, 4), ladder=FORMATS)
+
+
+def test_bits_off_the_ladder_are_an_error_not_another_format() -> None:
+    model, _ = ladder_layer()
+    set_precision(model, 5, 8)
+    with pytest.raises(CprecError, match="name no rung"):
+        model(torch.randn(2, 64))

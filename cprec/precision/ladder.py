@@ -98,6 +98,12 @@ class OnLadder:
         spec = asdict(self)
         return spec if self.ladder is not None else {k: v for k, v in spec.items() if k not in LADDER_FIELDS}
 
+    def rung_labels(self) -> dict[int, str]:
+        """Each rung's width -> its name, forward and errors' ladders (plots name the rungs)."""
+        labels = {w: self.rung_name(w) for w in self.ladder or ()}
+        labels.update({w: self.rung_name(w, backward=True) for w in self.bw_ladder or ()})
+        return labels
+
     def levels(self) -> int:
         """Levels a cycle passes through: its bit levels, or its ladders' rungs."""
         if self.ladder is None:

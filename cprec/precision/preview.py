@@ -54,12 +54,11 @@ def preview_schedule(cfg: TrainConfig, out_dir: Path) -> dict:
               "bounds_source": plan.bounds_source, "relative_cost": rel,
               "mean_bits_fw": sum(b[0] for b in bits) / total,
               "mean_bits_bw": sum(b[1] for b in bits) / total, "csv": CSV, "png": PNG}
-    names = rows = labels = None
+    names = labels = None
     if schedule.ladder:
         result["steps_per_format"] = steps_per_format(schedule, total)
         names = [(schedule.rung_name(fw), schedule.rung_name(bw, backward=True)) for fw, bw in bits]
-        labels = {w: schedule.rung_name(w) for w in schedule.ladder}
-        labels.update({w: schedule.rung_name(w, backward=True) for w in schedule.bw_ladder or ()})
+        labels = schedule.rung_labels()
     rows = [f"{t},{fw},{bw}" + (f",{names[t][0]},{names[t][1]}" if names else "")
             for t, (fw, bw) in enumerate(bits)]
     header = "step,bits_fw,bits_bw" + (",format_fw,format_bw" if names else "")

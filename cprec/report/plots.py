@@ -122,6 +122,23 @@ def run_plot_name(label: str, seed: Any, used: set[str], run_dir: Path | None = 
     return name
 
 
+def rung_labels(summary: dict) -> dict[int, str]:
+    """A ladder run's rungs by width (its saved schedule), or {} for a run of plain bits."""
+    from cprec.precision.schedules import PrecisionSchedule  # torch-free
+
+    spec = summary.get("schedule_spec")
+    if not isinstance(spec, dict) or not spec.get("ladder"):
+        return {}
+    return PrecisionSchedule.from_spec(spec).rung_labels()
+
+
+def label_rungs(ax, labels: dict[int, str]) -> None:
+    """Name a ladder's rungs on a bits axis: ``mxfp4 (4)``."""
+    if labels:
+        ax.set_yticks(sorted(labels), [f"{labels[w]} ({w})" for w in sorted(labels)])
+        ax.set_ylabel("rung (bits)")
+
+
 def schedule_curve(summary: dict) -> tuple[list[int], list[int], list[int]] | None:
     """Forward/backward bits at every training step, from the schedule the run saved.
 
@@ -172,6 +189,10 @@ def run_figure(records: list[dict], summary: dict, label: str) -> Figure:
     top.set_ylabel("bits")
     bits_axis(top.yaxis, [r[k] for r in records for k in ("bits_fw", "bits_bw")] +
               ([*curve[1], *curve[2]] if curve is not None else []))
+    try:
+        label_rungs(top, rung_labels(summary))
+    except (KeyError, TypeError, ValueError):
+        pass  # a damaged summary: plain bits
     top.legend(fontsize=8, loc="best")
     top.grid(alpha=0.3)
     metric, scale = ("ppl", 1) if "test_ppl" in records[-1] else ("acc", 100)
@@ -230,8 +251,6 @@ def schedule_bits(bits: list[tuple[int, int]], title: str, path: Path,
     ax.set(xlabel="training step", ylabel="bits", ylim=(0, max(max(max(b) for b in bits), 8) + 1),
            title=title)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    if labels:
-        ax.set_yticks(sorted(labels), [f"{labels[w]} ({w})" for w in sorted(labels)])
-        ax.set_ylabel("rung (bits)")
+    label_rungs(ax, labels or {})
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)

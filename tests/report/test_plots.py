@@ -59,6 +59,22 @@ def test_static_run_plot_has_integer_bits_and_both_lines_visible(tmp_path: Path)
     assert top.get_ylim()[0] <= 7 and top.get_ylim()[1] >= 9
 
 
+def test_a_ladder_run_plot_names_its_rungs(tmp_path: Path) -> None:
+    """A run over a ladder of formats: the bits axis shows the rungs by name and width."""
+    from cprec.config import ScheduleConfig
+    from cprec.precision.schedules import build_schedule
+
+    sched = build_schedule(ScheduleConfig(name="c", kind="cyclic", cycles=2,
+                                          ladder=["mxfp4", "mxfp6_e2m3", "mxfp8"]), 24)
+    records = [{"step": s, "bits_fw": 8, "bits_bw": 8, "test_acc": 0.5, "train_acc": 0.5}
+               for s in (12, 24)]
+    summary = {"seed": 0, "status": "completed", "schedule_spec": sched.spec()}
+    fig = plots.run_figure(records, summary, "ladder")
+    plots._save(fig, tmp_path / "run.png")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["mxfp4 (4)", "mxfp6_e2m3 (6)",
+                                                                     "mxfp8 (8)"]
+
+
 CURVE = [{"bits": 2, "train_acc": 0.1}, {"bits": 3, "train_acc": 0.6}]
 
 

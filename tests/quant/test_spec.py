@@ -45,7 +45,10 @@ def one_line_error(make, key: str) -> ConfigError:
     ({"elem": "int8", "granularity": "none"}, "granularity"),
 ])
 def test_invalid_fields_raise_one_line_config_errors(fields: dict, key: str) -> None:
-    one_line_error(lambda: OperandSpec(**fields), key)
+    err = one_line_error(lambda: OperandSpec(**fields), key)
+    # the line names the field, the value given (None: a tile left out) and what is allowed
+    assert err.value == fields.get(key) and err.allowed
+    assert str(err) == f"{key}={fields.get(key)!r} is invalid: {err.allowed}"
 
 
 def test_parse_prefixes_the_config_key() -> None:
@@ -77,10 +80,14 @@ def test_elements() -> None:
 
 def test_fake_quantize_rejects_bad_overrides_in_one_line() -> None:
     x = torch.randn(2, 32)
-    one_line_error(lambda: fake_quantize(x, "mxfp8_e4m3", block_size=0), "block_size")
-    one_line_error(lambda: fake_quantize(x, "mxfp8_e4m3", scale_rule="nearest"), "rule")
-    one_line_error(lambda: fake_quantize(x, "fp8_e4m3_row", scale_rule="rceil"), "rule")
-    one_line_error(lambda: fake_quantize(x, "mxfp9"), "elem")
+    errors = [one_line_error(lambda: fake_quantize(x, "mxfp8_e4m3", block_size=0), "block_size"),
+              one_line_error(lambda: fake_quantize(x, "mxfp8_e4m3", scale_rule="nearest"), "rule"),
+              one_line_error(lambda: fake_quantize(x, "fp8_e4m3_row", scale_rule="rceil"), "rule"),
+              one_line_error(lambda: fake_quantize(x, "mxfp9"), "elem")]
+    assert [e.value for e in errors] == [0, "nearest", "rceil", "mxfp9"]
+    assert "e8m0" in errors[2].allowed  # the rule is refused for the scale it cannot apply to
+    # the same overrides, valid, quantize: the refusals are about the values, not the call
+    assert fake_quantize(x, "mxfp8_e4m3", block_size=16, scale_rule="rceil").shape == x.shape
 
 
 def test_layer_recipe_from_a_dict() -> None:

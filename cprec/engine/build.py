@@ -110,6 +110,7 @@ class ModelParts:
     qrng: QuantRNG
     ledger: CostLedger
     optimizer: torch.optim.Optimizer
+    rungs: dict | None  # a ladder of formats' layer recipes by (fw, bw) widths (recipes.ladder_recipes)
 
 
 def build_model_parts(cfg: TrainConfig, batch_size: int,
@@ -130,7 +131,8 @@ def build_model_parts(cfg: TrainConfig, batch_size: int,
     model, qrng = build_quantized(build_model(cfg.model, task.info), cfg.quant, cfg.seed, rungs)
     model.to(device).train()
     ledger = CostLedger(measure_macs(model, task.sample_input()))
-    return ModelParts(cfg, device, task, model, qrng, ledger, build_optimizer(model, cfg.optim, cfg.seed))
+    return ModelParts(cfg, device, task, model, qrng, ledger, build_optimizer(model, cfg.optim, cfg.seed),
+                      rungs)
 
 
 @dataclass

@@ -29,8 +29,7 @@ from cprec.engine.progress import Progress, logs_above_bar
 from cprec.engine.step import StepPlugin, TrainStep
 from cprec.engine.threads import ThreadClaim, ThreadShare
 from cprec.hardware.model import run_hardware_cost
-from cprec.precision.ladder import run_ladders, steps_per_format
-from cprec.quant.recipes import ladder_recipes
+from cprec.precision.ladder import steps_per_format
 
 log = logging.getLogger("cprec")
 # A step plugin may veto an optimizer step (dynamic loss scaling skips an overflowing one);
@@ -246,9 +245,9 @@ def run_summary(trainer: Trainer, status: str, last: dict | None) -> dict:
 def _hardware_cost(trainer: Trainer) -> dict[str, float]:
     """energy_j and modeled_time_s.<device> (cprec/hardware/) of the steps trained."""
     shapes = measure_shapes(trainer.model, trainer.task.sample_input())
-    cfg = trainer.cfg
-    return run_hardware_cost(trainer.parts.ledger, shapes, cfg.quant, trainer.loop.step,
-                             cfg.cost.devices, ladder_recipes(cfg.quant, *run_ladders(cfg)))
+    p = trainer.parts
+    return run_hardware_cost(p.ledger, shapes, p.cfg.quant, trainer.loop.step, p.cfg.cost.devices,
+                             p.rungs)
 
 
 def run_warnings(parts: RunParts) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from cprec.errors import ConfigError
@@ -42,9 +43,9 @@ class Ladder:
     def formats(self) -> bool:
         return isinstance(self.rungs[0], str)
 
-    @property
+    @cached_property
     def widths(self) -> tuple[int, ...]:
-        """Each rung's element width (a format's element bits, sign included)."""
+        """Each rung's element width (a format's element bits, sign included; parsed once)."""
         return tuple(_width(r) for r in self.rungs)
 
     @property
